@@ -1,0 +1,184 @@
+"""Configuration: one frozen Settings value, read from the environment only when asked to."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message is one line naming the variable and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app, the CLI and the sweeper need to know about their environment."""
+
+    database_url: str
+    storage_url: str
+    data_dir: Path = Path("var")
+    public_base_url: str | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    url_fetch_allow_private: bool = False
+    url_fetch_connect_timeout: float = 5.0
+    url_fetch_read_timeout: float = 15.0
+    url_fetch_total_timeout: float = 120.0
+    trusted_proxies: int = 0  # how many X-Forwarded-* hops to trust
+    backend_timeout: float = 5.0  # seconds, for every database and blob-store call
+    sweep_grace_seconds: int = 3600  # a PENDING item younger than this is an upload in flight
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict)  # unparsed, for diagnostics
+
+    @property
+    def database_kind(self) -> str:
+        return urlsplit(self.database_url).scheme
+
+    @property
+    def storage_kind(self) -> str:
+        return urlsplit(self.storage_url).scheme
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate MEDIA_* variables; raise ConfigError with a one-line message."""
+        env = os.environ if environ is None else environ
+        data_dir = Path(env.get("MEDIA_DATA_DIR") or "var").resolve()
+        # sqlite:////abs/path (SQLAlchemy's convention: 3 slashes + the absolute path's own)
+        database_url = env.get("MEDIA_DATABASE_URL") or f"sqlite:///{data_dir / 'media.db'}"
+        storage_url = env.get("MEDIA_STORAGE_URL") or (data_dir / "blobs").as_uri()
+        settings = cls(
+            database_url=database_url,
+            storage_url=storage_url,
+            data_dir=data_dir,
+            public_base_url=_optional_base_url(env, "MEDIA_PUBLIC_BASE_URL"),
+            max_upload_bytes=_int(env, "MEDIA_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, 1),
+            url_fetch_allow_private=_bool(env, "MEDIA_URL_FETCH_ALLOW_PRIVATE", False),
+            url_fetch_connect_timeout=_float(env, "MEDIA_URL_FETCH_CONNECT_TIMEOUT", 5.0),
+            url_fetch_read_timeout=_float(env, "MEDIA_URL_FETCH_READ_TIMEOUT", 15.0),
+            url_fetch_total_timeout=_float(env, "MEDIA_URL_FETCH_TOTAL_TIMEOUT", 120.0),
+            trusted_proxies=_int(env, "MEDIA_TRUSTED_PROXIES", 0, 0),
+            backend_timeout=_float(env, "MEDIA_BACKEND_TIMEOUT", 5.0),
+            sweep_grace_seconds=_int(env, "MEDIA_SWEEP_GRACE_SECONDS", 3600, 0),
+            log_level=_choice(
+                env, "MEDIA_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
+            ),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check the backend URLs (also for Settings built in code, e.g. by tests)."""
+        db = urlsplit(self.database_url)
+        if db.scheme == "sqlite":
+            if not db.path or db.path == "/":
+                raise ConfigError(
+                    "MEDIA_DATABASE_URL: sqlite URL needs a file path, e.g. sqlite:///var/media.db"
+                )
+        elif db.scheme in ("mongodb", "mongodb+srv"):
+            if not db.path.strip("/"):
+                raise ConfigError(
+                    "MEDIA_DATABASE_URL: mongodb URL needs a database name, "
+                    "e.g. mongodb://host:27017/media"
+                )
+        else:
+            raise ConfigError(
+                f"MEDIA_DATABASE_URL: unsupported scheme {db.scheme!r}; "
+                "use sqlite:///path/media.db or mongodb://host/dbname"
+            )
+        st = urlsplit(self.storage_url)
+        if st.scheme == "file":
+            if not st.path or st.path == "/":
+                raise ConfigError("MEDIA_STORAGE_URL: file URL needs a directory, e.g. file:///srv/media")
+        elif st.scheme == "s3":
+            if not st.netloc:
+                raise ConfigError("MEDIA_STORAGE_URL: s3 URL needs a bucket, e.g. s3://media/prefix")
+        else:
+            raise ConfigError(
+                f"MEDIA_STORAGE_URL: unsupported scheme {st.scheme!r}; "
+                "use file:///path or s3://bucket[/prefix]"
+            )
+        if self.backend_timeout <= 0:
+            raise ConfigError("MEDIA_BACKEND_TIMEOUT: must be > 0 seconds")
+
+
+def sqlite_path(database_url: str) -> Path:
+    """`sqlite:///var/media.db` -> var/media.db; `sqlite:////abs/media.db` -> /abs/media.db."""
+    path = urlsplit(database_url).path
+    return Path(path[1:] if path.startswith("/") else path)
+
+
+def file_storage_root(storage_url: str) -> Path:
+    """`file:///srv/media` -> /srv/media (a standard file URL: always absolute)."""
+    return Path(unquote(urlsplit(storage_url).path))
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value.strip() if value is not None and value.strip() != "" else None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name}: must be > 0, got {raw!r}")
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name}: expected true/false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if raw.upper() not in choices:
+        raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+    return raw.upper()
+
+
+def _optional_base_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = _raw(env, name)
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(f"{name}: expected an absolute http(s) URL like https://media.example.com")
+    return raw.rstrip("/")

@@ -1,0 +1,305 @@
+"""The three ports the service layer talks to, the domain records they carry, and their errors.
+
+Nothing above the adapters imports botocore, pymongo or sqlite3: adapters translate backend
+failures into the exceptions defined here (`BackendUnavailable`, `BlobNotFound`, ...).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import BinaryIO, Protocol, runtime_checkable
+
+# --------------------------------------------------------------------------- errors
+
+
+class StorageError(Exception):
+    """Base class of every error an adapter raises."""
+
+
+class BackendUnavailable(StorageError):
+    """The backend could not be reached or did not answer in time (maps to 503)."""
+
+    def __init__(self, port: str, detail: str = "") -> None:
+        super().__init__(f"{port} unavailable: {detail}" if detail else f"{port} unavailable")
+        self.port = port
+        self.detail = detail
+
+
+class BlobNotFound(StorageError):
+    """No blob is stored under the key."""
+
+
+class AlreadyExists(StorageError):
+    """A record with the same identity already exists."""
+
+
+# --------------------------------------------------------------------------- domain records
+
+
+class ItemState(enum.StrEnum):
+    """Life cycle of a media item: only READY items are ever visible through the API."""
+
+    PENDING = "pending"  # document written, bytes being stored
+    READY = "ready"  # bytes and metadata durable; visible
+    DELETING = "deleting"  # tombstone: bytes being removed, then the document
+
+
+@dataclass(frozen=True, slots=True)
+class MediaItem:
+    """One media item's metadata document (the bytes live in a blob store under `store_key`)."""
+
+    id: str
+    account_id: str
+    application_id: str | None
+    original_file_name: str
+    mime_type: str
+    store_id: str
+    store_key: str
+    store_meta_params: dict[str, str]
+    max_downloads_allowed: int
+    times_downloaded: int
+    etag: str
+    media_size: int
+    time_created: datetime  # timezone-aware UTC, millisecond precision
+    time_last_updated: datetime  # moves on every metadata or content change
+    time_content_modified: datetime  # the last content change: the download's Last-Modified
+    public: bool
+    metadata_primary: str | None = None
+    metadata_secondary: str | None = None
+    title: str | None = None
+    description: str | None = None
+    source_url: str | None = None
+    state: ItemState = ItemState.READY
+
+
+# Fields a client may change with PUT /info (and set at upload).
+UPDATABLE_FIELDS: frozenset[str] = frozenset(
+    {
+        "public",
+        "metadata_primary",
+        "metadata_secondary",
+        "title",
+        "description",
+        "mime_type",
+        "max_downloads_allowed",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchScope:
+    """Whose items a search sees: an account (Basic auth) or one application of it (JWT)."""
+
+    account_id: str
+    application_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A page of a time-window search; both bounds inclusive, ordered by (time_created, id)."""
+
+    scope: SearchScope
+    start_time: datetime
+    end_time: datetime | None
+    ascending: bool
+    offset: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    total: int
+    items: list[MediaItem]
+
+
+class CountOutcome(enum.Enum):
+    COUNTED = "counted"
+    LIMIT_REACHED = "limit_reached"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class CountResult:
+    outcome: CountOutcome
+    times_downloaded: int | None = None  # the value after the increment when COUNTED
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    api_key: str
+    secret_salt: bytes  # random per account
+    secret_digest: bytes  # HMAC-SHA256(salt, secret): see auth/basic.py for why a fast hash
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Application:
+    application_id: str
+    api_key: str  # the owning account
+    public_keys: tuple[str, ...]  # PEM; several while a key is being rotated
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """What a blob store reports after a durable write."""
+
+    key: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """One entry of a blob listing (for the sweeper)."""
+
+    key: str
+    size: int
+    last_modified: datetime
+
+
+# --------------------------------------------------------------------------- ports
+
+
+class BlobStream(Protocol):
+    """An open read of (part of) a blob: iterate for chunks, always close."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Where the bytes live. Keys are server-generated (the item id); never a client filename."""
+
+    @property
+    def store_id(self) -> str:
+        """Short name written into items' `store_id` (`s3`, `file`)."""
+        ...
+
+    def put(self, key: str, source: BinaryIO) -> StoredBlob:
+        """Read `source` to EOF (via `.read(n)`) and store it durably under `key`.
+
+        Durable means: when this returns, the bytes survive a crash of this process and host.
+        Nothing is left visible under `key` if it raises (a partial upload is aborted; a temp
+        file is removed). Exceptions raised by `source.read` propagate unchanged.
+        """
+        ...
+
+    def open(self, key: str, start: int = 0, length: int | None = None) -> BlobStream:
+        """Open the bytes [start, start+length) (to the end when length is None) for streaming.
+
+        Raises BlobNotFound if there is no such blob. Chunks are >= 1 MiB except the last.
+        """
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the blob; a missing blob is not an error (deletes are retried by the sweeper)."""
+        ...
+
+    def list_blobs(self) -> Iterator[BlobInfo]:
+        """Every blob under this store's prefix (the sweeper looks for unreferenced ones)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise BackendUnavailable unless the store is reachable (for /readyz)."""
+        ...
+
+
+@runtime_checkable
+class MediaRepository(Protocol):
+    """Metadata documents. Every method is one atomic operation on the database."""
+
+    def ensure_schema(self) -> None:
+        """Create tables/collections and indexes if missing (idempotent; run at start-up)."""
+        ...
+
+    def insert(self, item: MediaItem) -> None:
+        """Insert a new document (normally PENDING). Raises AlreadyExists on a duplicate id."""
+        ...
+
+    def get(self, item_id: str, *, include_hidden: bool = False) -> MediaItem | None:
+        """The item, or None. Only READY items unless include_hidden (PENDING, DELETING too)."""
+        ...
+
+    def mark_ready(self, item_id: str, changes: dict[str, object]) -> MediaItem | None:
+        """Atomically set `changes` and state READY on a PENDING item; None if not PENDING."""
+        ...
+
+    def update(
+        self, item_id: str, changes: dict[str, object], now: datetime
+    ) -> MediaItem | None:
+        """Apply `changes` (keys of UPDATABLE_FIELDS) to a READY item, set time_last_updated=now.
+
+        Returns the updated item, or None if no READY item has that id.
+        """
+        ...
+
+    def count_download(self, item_id: str, *, enforce_limit: bool) -> CountResult:
+        """Atomically add one to times_downloaded of a READY item, in one conditional update.
+
+        With enforce_limit the update only happens while
+        max_downloads_allowed == 0 or times_downloaded < max_downloads_allowed;
+        otherwise LIMIT_REACHED. Never read-then-write.
+        """
+        ...
+
+    def mark_deleting(self, item_id: str) -> MediaItem | None:
+        """Tombstone a READY item (state DELETING) and return it; None if no READY item."""
+        ...
+
+    def remove(self, item_id: str) -> bool:
+        """Delete the document whatever its state; False if there was none."""
+        ...
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        """READY items of the scope created in [start_time, end_time], one page, with the total."""
+        ...
+
+    def iter_hidden(self, older_than: datetime) -> Iterator[MediaItem]:
+        """PENDING items created before `older_than`, and every DELETING item (for the sweeper)."""
+        ...
+
+    def ids_with_keys(self, store_keys: list[str]) -> set[str]:
+        """Which of these store keys belong to any document, whatever its state."""
+        ...
+
+    def ping(self) -> None:
+        """Raise BackendUnavailable unless the database answers (for /readyz)."""
+        ...
+
+
+@runtime_checkable
+class CredentialStore(Protocol):
+    """Accounts (API key + hashed secret) and applications (public keys)."""
+
+    def ensure_schema(self) -> None: ...
+
+    def add_account(self, account: Account) -> None:
+        """Raises AlreadyExists for a known api_key."""
+        ...
+
+    def get_account(self, api_key: str) -> Account | None: ...
+
+    def add_application(self, application: Application) -> None:
+        """Raises AlreadyExists for a known application_id."""
+        ...
+
+    def get_application(self, application_id: str) -> Application | None: ...
+
+    def add_public_key(self, application_id: str, public_key_pem: str) -> bool:
+        """Append a key (rotation); False if the application does not exist."""
+        ...
+
+
+@dataclass(slots=True)
+class Backends:
+    """The ports wired for one app (or one CLI run)."""
+
+    blobs: BlobStore
+    media: MediaRepository
+    credentials: CredentialStore
+    closers: list[object] = field(default_factory=list)  # clients to close on shutdown
