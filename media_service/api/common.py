@@ -1,0 +1,55 @@
+"""Helpers every view uses: who is asking, which item, and where the API lives."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import g, request
+
+from media_service.auth import Principal, authenticate, check_acl, require
+from media_service.context import app_state
+from media_service.errors import ValidationFailed
+
+MEDIA_PREFIX = "/v3/media"
+
+
+def optional_principal() -> Principal | None:
+    """Authenticate if credentials were sent (invalid ones are always 401), then apply the ACL."""
+    principal = authenticate(
+        request.headers.get("Authorization"),
+        request.args.get("jwt-token"),
+        app_state().backends.credentials,
+    )
+    if principal is not None:
+        check_acl(principal, request.method, request.path)
+    g.principal = principal  # for the access log
+    return principal
+
+
+def required_principal() -> Principal:
+    return require(optional_principal())
+
+
+def parse_item_id(raw: str) -> str:
+    """The canonical (lower-case, hyphenated) UUID, or 400 naming the `id` path parameter."""
+    try:
+        if len(raw) > 64:
+            raise ValueError
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ValidationFailed(
+            "The media id in the path is not a UUID.",
+            invalid_parameters=[{"name": "id", "reason": "Not a valid UUID."}],
+        ) from None
+
+
+def public_base_url() -> str:
+    """MEDIA_PUBLIC_BASE_URL, else the request's own (X-Forwarded-* trusted via ProxyFix)."""
+    configured = app_state().settings.public_base_url
+    if configured:
+        return configured
+    return request.url_root.rstrip("/")
+
+
+def info_url(item_id: str) -> str:
+    return f"{public_base_url()}{MEDIA_PREFIX}/{item_id}/info"

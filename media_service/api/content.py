@@ -1,0 +1,131 @@
+"""Download: GET and HEAD /v3/media/{id}, with RFC 9110 preconditions, ranges and counting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, request
+from flask_smorest import Blueprint
+from werkzeug.wsgi import wrap_file
+
+from media_service.api.common import MEDIA_PREFIX, optional_principal, parse_item_id
+from media_service.context import media_service
+from media_service.errors import problem_response
+from media_service.http.conditional import DownloadPlan, Representation, evaluate, format_etag
+from media_service.http.dates import format_http_date
+from media_service.http.disposition import content_disposition
+from media_service.storage.interfaces import BlobStream, MediaItem
+
+blp = Blueprint("content", __name__, url_prefix=MEDIA_PREFIX, description="Download media content.")
+
+CHUNK = 1024 * 1024
+# A sandboxed, script-less document: user content never runs as this origin's page.
+CONTENT_SECURITY_POLICY = "sandbox; default-src 'none'"
+
+
+@blp.route("/<item_id>", methods=["GET", "HEAD"])
+@blp.doc(
+    summary="Retrieve a media item's content",
+    description=(
+        "Public items need no credentials. Supports If-None-Match, If-Modified-Since (HTTP-date "
+        "or ISO 8601), Range and If-Range. A 200 GET, or a 206 GET starting at byte 0, counts "
+        "as a download."
+    ),
+    responses={
+        "200": {"description": "The content", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+        "206": {"description": "Part of the content", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+        "304": {"description": "Not modified"},
+        "401": {"description": "Authentication required for a private item"},
+        "403": {"description": "Not allowed, or the anonymous download limit is reached"},
+        "404": {"description": "No such item"},
+        "416": {"description": "Range not satisfiable"},
+    },
+)
+def download(item_id: str) -> Any:
+    item_id = parse_item_id(item_id)
+    # Authorisation first: a private item never answers 304 (nor shows its ETag) to strangers.
+    principal = optional_principal()
+    service = media_service()
+    item = service.get_for_download(principal, item_id)
+
+    representation = Representation(
+        etag=item.etag, last_modified=item.time_content_modified, size=item.media_size
+    )
+    plan = evaluate(request.method, request.headers, representation)
+    headers = _validator_headers(item)
+
+    if plan.status == 304:
+        return Response(status=304, headers=headers)
+    if plan.status in (412, 416):
+        problem = problem_response(
+            plan.status,
+            "Precondition Failed" if plan.status == 412 else "Range Not Satisfiable",
+            "A precondition in the request did not hold."
+            if plan.status == 412
+            else "The requested range is outside the content.",
+            slug="precondition-failed" if plan.status == 412 else "range-not-satisfiable",
+        )
+        problem.headers.extend(headers)
+        if plan.content_range:
+            problem.headers["Content-Range"] = plan.content_range
+        return problem
+
+    headers.update(_content_headers(item, plan))
+    if request.method == "HEAD":
+        response = Response(status=plan.status, headers=headers)
+        response.headers["Content-Length"] = str(plan.length)
+        return response
+
+    stream = service.open_content(item, plan.start, plan.length)
+    try:
+        if plan.status == 200 or plan.start == 0:
+            service.count_download(principal, item)
+    except BaseException:
+        stream.close()
+        raise
+    response = Response(
+        _body(stream, plan, item.media_size), status=plan.status, headers=headers, direct_passthrough=True
+    )
+    response.headers["Content-Length"] = str(plan.length)
+    response.call_on_close(stream.close)
+    return response
+
+
+def _validator_headers(item: MediaItem) -> dict[str, str]:
+    return {
+        "ETag": format_etag(item.etag),
+        "Last-Modified": format_http_date(item.time_content_modified),
+        # no-cache: caches must revalidate, so downloads keep being counted and limited.
+        "Cache-Control": "public, no-cache" if item.public else "private, no-cache",
+        "Vary": "Authorization",
+    }
+
+
+def _content_headers(item: MediaItem, plan: DownloadPlan) -> dict[str, str]:
+    headers = {
+        "Content-Type": item.mime_type,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": content_disposition(item.original_file_name or item.id, item.mime_type),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    }
+    if plan.content_range:
+        headers["Content-Range"] = plan.content_range
+    return headers
+
+
+def _body(stream: BlobStream, plan: DownloadPlan, size: int) -> Any:
+    """A sendfile-able file wrapper where the server honours Content-Length, else chunks."""
+    file = getattr(stream, "file", None)
+    if file is not None:
+        to_eof = plan.start + plan.length == size
+        # gunicorn stops at Content-Length (and uses sendfile); other servers need the range to
+        # run to the end of the file, since a file wrapper reads until EOF.
+        if to_eof or str(request.environ.get("SERVER_SOFTWARE", "")).startswith("gunicorn"):
+            return wrap_file(request.environ, file, buffer_size=CHUNK)
+    return _chunks(stream)
+
+
+def _chunks(stream: BlobStream) -> Iterator[bytes]:
+    yield from stream

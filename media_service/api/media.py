@@ -1,0 +1,260 @@
+"""Upload, search, read, update and delete media items (SPEC §4.1-4.3, 4.5, 4.6)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Response, request
+from flask_smorest import Blueprint
+from marshmallow import ValidationError
+
+from media_service.api.common import (
+    MEDIA_PREFIX,
+    info_url,
+    parse_item_id,
+    required_principal,
+)
+from media_service.api.upload import receive_upload
+from media_service.context import media_service
+from media_service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from media_service.schemas.media import (
+    MediaItemSchema,
+    ProblemSchema,
+    SearchQuerySchema,
+    SearchResultSchema,
+    UpdateSchema,
+)
+from media_service.storage.interfaces import MediaItem
+
+blp = Blueprint(
+    "media",
+    __name__,
+    url_prefix=MEDIA_PREFIX,
+    description="Upload, search, read, update and delete media items.",
+)
+
+MAX_UPDATE_BODY = 256 * 1024
+ITEM_SCHEMA = MediaItemSchema()
+ERROR_RESPONSES = {
+    "400": {"description": "Invalid request", "content": {"application/problem+json": {"schema": ProblemSchema}}},
+    "401": {"description": "Authentication required or invalid", "content": {"application/problem+json": {"schema": ProblemSchema}}},
+    "403": {"description": "Not allowed for these credentials", "content": {"application/problem+json": {"schema": ProblemSchema}}},
+    "404": {"description": "No such item", "content": {"application/problem+json": {"schema": ProblemSchema}}},
+    "503": {"description": "A backend is unavailable", "content": {"application/problem+json": {"schema": ProblemSchema}}},
+}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    return {"responses": {code: ERROR_RESPONSES[code] for code in codes}}
+
+
+# --------------------------------------------------------------------------- upload
+
+
+@blp.route("", methods=["POST"], strict_slashes=False)
+@blp.doc(
+    summary="Upload a media file",
+    description=(
+        "multipart/form-data with the file in `filedata` (or `file`), or a `url` to fetch. "
+        "Answers 201 with the item and a Location header pointing at its /info."
+    ),
+    requestBody={
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "filedata": {"type": "string", "format": "binary"},
+                        "file": {"type": "string", "format": "binary"},
+                        "url": {"type": "string", "format": "uri"},
+                        "filename": {"type": "string"},
+                        "info": {"type": "string"},
+                        "public": {"type": "boolean"},
+                        "public_item": {"type": "boolean"},
+                        "metadata_primary": {"type": "string"},
+                        "metadata_secondary": {"type": "string"},
+                        "title": {"type": "string"},
+                        "description": {"type": "string"},
+                        "mime_type": {"type": "string"},
+                        "max_downloads_allowed": {"type": "integer", "minimum": 0},
+                    },
+                }
+            }
+        },
+    },
+    **_errors("400", "401", "403", "503"),
+)
+@blp.response(201, MediaItemSchema, headers={"Location": {"schema": {"type": "string"}}})
+def upload() -> Any:
+    principal = required_principal()
+    item = receive_upload(principal)
+    return item, 201, {"Location": info_url(item.id)}
+
+
+# --------------------------------------------------------------------------- search
+
+
+@blp.route("", methods=["GET"], strict_slashes=False)
+@blp.arguments(SearchQuerySchema, location="query", as_kwargs=True)
+@blp.response(200, SearchResultSchema)
+@blp.doc(summary="List and search media items", **_errors("400", "401", "403", "503"))
+def search(
+    order: str,
+    page_index: int,
+    page_size: int,
+    start_time: Any = None,
+    end_time: Any = None,
+) -> Any:
+    principal = required_principal()
+    page = media_service().search(
+        principal,
+        ascending=order == "ascending",
+        page_index=page_index,
+        page_size=page_size,
+        start_time=start_time,
+        end_time=end_time,
+    )
+    last_index = max(0, (page.total - 1) // page_size)
+    links = {
+        "self": {"href": _page_href(page_index)},
+        "first": {"href": _page_href(0)},
+        "last": {"href": _page_href(last_index)},
+    }
+    if page_index < last_index:
+        links["next"] = {"href": _page_href(page_index + 1)}
+    if 0 < page_index <= last_index + 1:
+        links["prev"] = {"href": _page_href(min(page_index - 1, last_index))}
+    return {
+        "page_size": page_size,
+        "page_index": page_index,
+        "count": page.total,
+        "_links": links,
+        "_embedded": {"media": page.items},
+    }
+
+
+def _page_href(page_index: int) -> str:
+    """A relative link to another page that keeps the caller's query parameters."""
+    params = [(k, v) for k, v in request.args.items(multi=True) if k not in ("page_index", "jwt-token")]
+    params.append(("page_index", str(page_index)))
+    return f"{MEDIA_PREFIX}?{urlencode(params)}"
+
+
+# --------------------------------------------------------------------------- one item
+
+
+@blp.route("/<item_id>/info", methods=["GET"])
+@blp.response(200, MediaItemSchema)
+@blp.doc(summary="Retrieve a media item's metadata", **_errors("400", "401", "403", "404", "503"))
+def get_info(item_id: str) -> Any:
+    principal = required_principal()
+    return media_service().get_owned(principal, parse_item_id(item_id))
+
+
+UPDATE_DOC = {
+    "summary": "Update a media item's metadata",
+    "description": (
+        "JSON, form or multipart body with any of the updatable fields. 204, or 200 with the "
+        "item when the request has `Prefer: return=representation`."
+    ),
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": UpdateSchema},
+            "application/x-www-form-urlencoded": {"schema": UpdateSchema},
+            "multipart/form-data": {"schema": UpdateSchema},
+        },
+    },
+    "responses": {
+        "204": {"description": "Updated"},
+        "200": {
+            "description": "Updated (with Prefer: return=representation)",
+            "content": {"application/json": {"schema": MediaItemSchema}},
+        },
+        **_errors("400", "401", "403", "404", "503")["responses"],
+    },
+}
+
+
+@blp.route("/<item_id>/info", methods=["PUT"], endpoint="update_info")
+@blp.route("/<item_id>", methods=["PUT"], endpoint="update")
+@blp.doc(**UPDATE_DOC)
+def update(item_id: str) -> Any:
+    principal = required_principal()
+    item_id = parse_item_id(item_id)
+    changes = _load_update(_read_update_body())
+    item = media_service().update(principal, item_id, changes)
+    if _prefers_representation():
+        response = Response(
+            json.dumps(ITEM_SCHEMA.dump(item)), status=200, mimetype="application/json"
+        )
+        response.headers["Preference-Applied"] = "return=representation"
+        return response
+    return Response(status=204)
+
+
+@blp.route("/<item_id>", methods=["DELETE"], endpoint="delete")
+@blp.route("/<item_id>/info", methods=["DELETE"], endpoint="delete_info")
+@blp.doc(
+    summary="Delete a media item",
+    responses={"204": {"description": "Deleted"}, **_errors("400", "401", "403", "404", "503")["responses"]},
+)
+def delete(item_id: str) -> Any:
+    principal = required_principal()
+    media_service().delete(principal, parse_item_id(item_id))
+    return Response(status=204)
+
+
+def _prefers_representation() -> bool:
+    prefer = ",".join(request.headers.getlist("Prefer")).lower()
+    return any(p.strip().replace(" ", "") == "return=representation" for p in prefer.split(","))
+
+
+def _read_update_body() -> dict[str, Any]:
+    """The update body as a dict, from JSON, urlencoded or multipart; bounded in size."""
+    if request.content_length is not None and request.content_length > MAX_UPDATE_BODY:
+        raise PayloadTooLarge(f"An update body is limited to {MAX_UPDATE_BODY} bytes.")
+    request.max_content_length = MAX_UPDATE_BODY
+    request.max_form_memory_size = MAX_UPDATE_BODY
+    mimetype = request.mimetype
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        raw = request.get_data(cache=False)
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise BadRequest("The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise BadRequest("The request body must be a JSON object.")
+        return body
+    if mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = request.form
+        if request.files:
+            raise ValidationFailed.from_messages(
+                {name: ["Files cannot be sent to an update."] for name in request.files}
+            )
+        repeated = {k: ["Given more than once."] for k in form if len(form.getlist(k)) > 1}
+        if repeated:
+            raise ValidationFailed.from_messages(repeated)
+        return form.to_dict()
+    if not mimetype and not request.content_length:
+        return {}
+    raise UnsupportedMediaType(
+        "Send the update as application/json, application/x-www-form-urlencoded "
+        "or multipart/form-data."
+    )
+
+
+def _load_update(body: dict[str, Any]) -> dict[str, Any]:
+    try:
+        changes: dict[str, Any] = UpdateSchema().load(body)
+    except ValidationError as error:
+        messages = error.messages if isinstance(error.messages, dict) else {"body": error.messages}
+        raise ValidationFailed.from_messages(messages) from None
+    return changes
+
+
+def item_json(item: MediaItem) -> dict[str, Any]:
+    return ITEM_SCHEMA.dump(item)  # type: ignore[no-any-return]

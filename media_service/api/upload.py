@@ -1,0 +1,171 @@
+"""The upload request: stream a multipart body (or fetch a URL) into a new media item.
+
+The file part goes straight from the socket to the blob store through a hashing reader; form
+fields may come before or after it, so they are validated once the body has been read, and a
+staged upload whose fields turn out invalid is removed again before answering 400.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import request
+from marshmallow import ValidationError
+
+from media_service.auth import Principal
+from media_service.context import app_state, media_service
+from media_service.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    UnprocessableContent,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from media_service.schemas.media import FILENAME_MAX, UploadFieldsSchema
+from media_service.service.media import StagedUpload
+from media_service.service.streams import CountingInput, FilePart, FormField, MultipartStream
+from media_service.service.url_fetch import (
+    UrlFetchFailed,
+    UrlFetchPolicy,
+    UrlRefused,
+    UrlTooLarge,
+    open_url,
+)
+from media_service.storage.interfaces import MediaItem
+
+FILE_FIELDS = frozenset({"filedata", "file"})
+# Room for the multipart framing and the small fields around the file.
+FORM_OVERHEAD = 2 * 1024 * 1024
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def receive_upload(principal: Principal) -> MediaItem:
+    """Read the upload request and return the new, visible item."""
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType("An upload must be multipart/form-data.")
+    boundary = request.mimetype_params.get("boundary", "")
+    if not boundary or len(boundary) > 200:
+        raise BadRequest("The multipart Content-Type has no valid boundary.")
+    limit = app_state().settings.max_upload_bytes + FORM_OVERHEAD
+    # Refuse before reading a byte when the client has announced the size.
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"The upload is larger than the maximum of {app_state().settings.max_upload_bytes} bytes."
+        )
+    body = CountingInput(request.stream, limit)
+    form = MultipartStream(body, boundary.encode("latin-1"), file_field_names=FILE_FIELDS)
+
+    service = media_service()
+    staged: StagedUpload | None = None
+    fields: dict[str, str] = {}
+    problems: dict[str, list[str]] = {}
+    try:
+        for part in form.parts():
+            if isinstance(part, FormField):
+                if part.name in fields:
+                    problems[part.name] = ["Given more than once."]
+                fields[part.name] = part.value
+                continue
+            if part.name not in FILE_FIELDS:
+                problems[part.name or "file"] = ["Unknown file field; send the file as 'filedata'."]
+            elif staged is not None:
+                problems[part.name] = ["Only one file can be uploaded per request."]
+            else:
+                file_name = _checked_file_name(part)
+                staged = service.stage_upload(
+                    principal,
+                    part.reader,
+                    file_name=file_name,
+                    part_content_type=part.content_type,
+                )
+        values = _validate_fields(fields, problems, has_file=staged is not None)
+        if staged is None:
+            staged = _stage_from_url(principal, values["url"])
+        values.pop("url", None)
+        return service.publish_upload(staged, values)
+    except BaseException:
+        if staged is not None:
+            service.abandon_upload(staged)
+        raise
+
+
+def _checked_file_name(part: FilePart) -> str | None:
+    if part.filename is None:
+        return None
+    problem = file_name_problem(part.filename)
+    if problem:
+        raise ValidationFailed(
+            f"The file name of '{part.name}' is not acceptable: {problem}",
+            invalid_parameters=[{"name": part.name, "reason": problem}],
+        )
+    return part.filename
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why `name` is not a plain file name, or None if it is."""
+    if not name.strip():
+        return "The file name is blank."
+    if len(name) > FILENAME_MAX:
+        return f"The file name is longer than {FILENAME_MAX} characters."
+    if _UNSAFE_NAME.search(name):
+        return "The file name contains a path separator or control characters."
+    if name in (".", ".."):
+        return "The file name is not a file name."
+    return None
+
+
+def _validate_fields(
+    fields: dict[str, str], problems: dict[str, list[str]], *, has_file: bool
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    try:
+        values = UploadFieldsSchema().load(fields)
+    except ValidationError as error:
+        if isinstance(error.messages, dict):
+            for name, reasons in error.messages.items():
+                problems.setdefault(str(name), []).extend(
+                    reasons if isinstance(reasons, list) else [str(reasons)]
+                )
+    name_problem = file_name_problem(fields["filename"]) if "filename" in fields else None
+    if name_problem:
+        problems.setdefault("filename", []).append(name_problem)
+    if has_file and "url" in fields:
+        problems.setdefault("url", []).append("Send either a file or a url, not both.")
+    if not has_file and "url" not in fields:
+        problems.setdefault("filedata", []).append("Missing: send the file as 'filedata' or a 'url'.")
+    if problems:
+        raise ValidationFailed.from_messages(problems)
+    return values
+
+
+def _stage_from_url(principal: Principal, url: str) -> StagedUpload:
+    settings = app_state().settings
+    policy = UrlFetchPolicy(
+        allow_private=settings.url_fetch_allow_private,
+        max_bytes=settings.max_upload_bytes,
+        connect_timeout=settings.url_fetch_connect_timeout,
+        read_timeout=settings.url_fetch_read_timeout,
+        total_timeout=settings.url_fetch_total_timeout,
+    )
+    try:
+        with open_url(url, policy) as fetched:
+            file_name = fetched.filename
+            if file_name is not None and file_name_problem(file_name):
+                file_name = None
+            return media_service().stage_upload(
+                principal,
+                fetched,
+                file_name=file_name,
+                part_content_type=fetched.content_type,
+                source_url=url,
+            )
+    except UrlRefused as error:
+        raise ValidationFailed(
+            f"The url cannot be fetched: {error.detail}",
+            invalid_parameters=[{"name": "url", "reason": error.detail}],
+        ) from None
+    except UrlTooLarge as error:
+        raise PayloadTooLarge(f"The file at the url is too large: {error.detail}") from None
+    except UrlFetchFailed as error:
+        raise UnprocessableContent(f"The url could not be fetched: {error.detail}") from None

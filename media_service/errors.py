@@ -1,0 +1,196 @@
+"""One error shape: every failure leaves the service as RFC 7807 problem+json.
+
+Raise an `ApiError` subclass anywhere below the views; `register_error_handlers` turns it (and
+Werkzeug's HTTP errors, marshmallow validation errors and unexpected exceptions) into
+`{"type", "title", "detail", "instance"}` with the request id as `instance`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from flask import Flask, Response, g, json, request
+from werkzeug.exceptions import HTTPException
+
+from media_service.storage.interfaces import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_TYPE_BASE = "urn:media-service:problem:"
+WWW_AUTHENTICATE = 'Basic realm="media", Bearer realm="media"'
+
+
+class ApiError(Exception):
+    """An error with an HTTP status; `slug` names the problem type."""
+
+    status = 500
+    title = "Internal Server Error"
+    slug = "internal-error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        invalid_parameters: Sequence[Mapping[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.invalid_parameters = list(invalid_parameters or [])
+        self.headers = dict(headers or {})
+
+
+class BadRequest(ApiError):
+    status, title, slug = 400, "Bad Request", "bad-request"
+
+
+class ValidationFailed(BadRequest):
+    title, slug = "Invalid request parameters", "invalid-parameters"
+
+    @classmethod
+    def from_messages(cls, messages: Mapping[str, Any], detail: str | None = None) -> ValidationFailed:
+        """Build from marshmallow's {field: [reasons]} (nested dicts are flattened)."""
+        params = [{"name": name, "reason": reason} for name, reason in _flatten(messages)]
+        names = ", ".join(p["name"] for p in params) or "request"
+        return cls(detail or f"Invalid value for: {names}", invalid_parameters=params)
+
+
+class Unauthorized(ApiError):
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
+
+
+class Forbidden(ApiError):
+    status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class NotFound(ApiError):
+    status, title, slug = 404, "Not Found", "not-found"
+
+
+class PayloadTooLarge(ApiError):
+    status, title, slug = 413, "Content Too Large", "payload-too-large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, title, slug = 415, "Unsupported Media Type", "unsupported-media-type"
+
+
+class UnprocessableContent(ApiError):
+    status, title, slug = 422, "Unprocessable Content", "unprocessable"
+
+
+class ServiceUnavailable(ApiError):
+    status, title, slug = 503, "Service Unavailable", "backend-unavailable"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": "5"})
+
+
+def _flatten(messages: Any, prefix: str = "") -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out.extend(_flatten(value, name))
+    elif isinstance(messages, list | tuple):
+        if all(isinstance(m, str) for m in messages):
+            out.append((prefix or "request", " ".join(messages)))
+        else:
+            for m in messages:
+                out.extend(_flatten(m, prefix))
+    else:
+        out.append((prefix or "request", str(messages)))
+    return out
+
+
+def request_id() -> str:
+    return getattr(g, "request_id", None) or "-"
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    slug: str | None = None,
+    invalid_parameters: Sequence[Mapping[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug if slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request_id(),
+    }
+    if invalid_parameters:
+        body["invalid_parameters"] = list(invalid_parameters)
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _from_api_error(error: ApiError) -> Response:
+    return problem_response(
+        error.status,
+        error.title,
+        error.detail,
+        slug=error.slug,
+        invalid_parameters=error.invalid_parameters,
+        headers=error.headers,
+    )
+
+
+def _from_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    # flask-smorest/webargs attach marshmallow messages as error.data["messages"]
+    data = getattr(error, "data", None) or {}
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if status == 422 and messages is not None:
+        # Validation failures are 400 here (SPEC §3), whatever location they came from.
+        flat: dict[str, Any] = {}
+        for location_messages in messages.values():
+            if isinstance(location_messages, Mapping):
+                flat.update(location_messages)
+        return _from_api_error(ValidationFailed.from_messages(flat))
+    headers = {}
+    valid_methods = getattr(error, "valid_methods", None)
+    if status == 405 and valid_methods:
+        headers["Allow"] = ", ".join(valid_methods)
+    if status == 401:
+        headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    description = error.description if isinstance(error.description, str) else error.name
+    return problem_response(
+        status, error.name, description or error.name, slug=None, headers=headers
+    )
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every error through problem+json, never a stack trace."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError) -> Response:
+        return _from_api_error(error)
+
+    @app.errorhandler(BackendUnavailable)
+    def _backend(error: BackendUnavailable) -> Response:
+        log.warning("backend unavailable: %s", error)
+        return _from_api_error(ServiceUnavailable(f"The {error.port} is not available; retry later."))
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException) -> Response:
+        return _from_http_exception(error)
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(
+            500, "Internal Server Error", "An unexpected error occurred.", slug="internal-error"
+        )

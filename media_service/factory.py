@@ -1,0 +1,84 @@
+"""create_app: settings -> ports -> service -> blueprints, error handlers and request ids."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from flask import Flask, Response, g, request
+from flask_smorest import Api
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from media_service import __version__
+from media_service.api import content, health, media
+from media_service.backends import describe, open_backends
+from media_service.context import AppState, install
+from media_service.errors import register_error_handlers
+from media_service.service.media import MediaService
+from media_service.settings import Settings
+from media_service.storage.interfaces import Backends
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(settings: Settings | None = None, *, backends: Backends | None = None) -> Flask:
+    """Build the app; the environment is read only when no settings are given."""
+    settings = settings if settings is not None else Settings.from_env()
+    settings.validate()
+    backends = backends if backends is not None else open_backends(settings)
+
+    app = Flask("media_service")
+    app.config.update(
+        API_TITLE="Media API",
+        API_VERSION=__version__,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/v3/media",
+        OPENAPI_JSON_PATH="openapi.json",
+        # Our own error handlers answer problem+json; keep smorest's out of the way.
+        API_SPEC_OPTIONS={
+            "info": {
+                "description": "A self-hostable implementation of the Vonage Media API v3.",
+            },
+            "components": {
+                "securitySchemes": {
+                    "basicAuth": {"type": "http", "scheme": "basic"},
+                    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                }
+            },
+            "security": [{"basicAuth": []}, {"bearerAuth": []}],
+        },
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n
+        )
+
+    install(app, AppState(settings=settings, backends=backends, service=MediaService(backends, settings)))
+
+    api = Api(app)
+    api.register_blueprint(media.blp)
+    api.register_blueprint(content.blp)
+    app.register_blueprint(health.blp)
+    register_error_handlers(app)  # after Api(): replaces smorest's JSON error handler
+    _install_request_ids(app)
+
+    log.info("media-service %s ready: %s", __version__, describe(settings))
+    return app
+
+
+def _install_request_ids(app: Flask) -> None:
+    @app.before_request
+    def _assign_request_id() -> None:
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def _echo_request_id(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
+        return response

@@ -1,0 +1,184 @@
+"""Schemas of the media resource: the item representation, uploads, updates and search."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+    validates_schema,
+)
+
+from media_service.schemas.fields import CountInteger, IsoDateTime, MimeType, StrictBoolean, Text
+from media_service.storage.interfaces import MediaItem
+
+# Bounds on user strings: generous for metadata (often JSON), tight for short labels.
+METADATA_MAX = 16 * 1024
+TITLE_MAX = 1024
+DESCRIPTION_MAX = 8 * 1024
+FILENAME_MAX = 255
+URL_MAX = 2048
+
+
+class MediaItemSchema(Schema):
+    """The JSON representation of a media item (every field always present)."""
+
+    id = fields.String(metadata={"example": "aaaaaaaa-bbbb-4ccc-8ddd-0123456789ab"})
+    original_file_name = fields.String(metadata={"example": "test.wav"})
+    mime_type = fields.String(metadata={"example": "audio/wav"})
+    account_id = fields.String(metadata={"example": "abcd1234"})
+    application_id = fields.String(allow_none=True)
+    store_id = fields.String(metadata={"example": "s3"})
+    store_meta_params = fields.Method("_store_meta_params", metadata={"type": "string"})
+    max_downloads_allowed = fields.Integer()
+    times_downloaded = fields.Integer()
+    etag = fields.String(metadata={"example": "6f5902ac237024bdd0c176cb93063dc4"})
+    media_size = fields.Integer()
+    time_created = IsoDateTime(metadata={"type": "string", "format": "date-time"})
+    time_last_updated = IsoDateTime(metadata={"type": "string", "format": "date-time"})
+    public = fields.Boolean()
+    public_item = fields.Boolean(attribute="public")
+    metadata_primary = fields.String(allow_none=True)
+    metadata_secondary = fields.String(allow_none=True)
+    title = fields.String(allow_none=True)
+    description = fields.String(allow_none=True)
+    source_url = fields.String(allow_none=True)
+
+    def _store_meta_params(self, item: MediaItem) -> str:
+        return json.dumps(item.store_meta_params, separators=(",", ":"), sort_keys=True)
+
+
+class _UpdatableFieldsSchema(Schema):
+    """The fields a client may set at upload and change with PUT."""
+
+    public = StrictBoolean(allow_none=False)
+    public_item = StrictBoolean(allow_none=False)
+    metadata_primary = Text(max_length=METADATA_MAX)
+    metadata_secondary = Text(max_length=METADATA_MAX)
+    title = Text(max_length=TITLE_MAX, multiline=False)
+    description = Text(max_length=DESCRIPTION_MAX)
+    mime_type = MimeType()
+    max_downloads_allowed = CountInteger()
+
+    @validates_schema
+    def _public_aliases_agree(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "public" in data and "public_item" in data and data["public"] != data["public_item"]:
+            raise ValidationError("'public' and 'public_item' differ.", "public_item")
+
+    @post_load
+    def _merge_public_alias(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if "public_item" in data:
+            data["public"] = data.pop("public_item")
+        return data
+
+
+class UpdateSchema(_UpdatableFieldsSchema):
+    """Body of PUT /v3/media/{id}/info: unknown or read-only fields are rejected."""
+
+    class Meta:
+        unknown = RAISE
+
+    @validates_schema(pass_original=True)
+    def _not_empty(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
+        if isinstance(original, dict) and not original:
+            raise ValidationError("An update needs at least one field.", "body")
+
+
+class UploadFieldsSchema(_UpdatableFieldsSchema):
+    """The non-file fields of a multipart upload."""
+
+    class Meta:
+        unknown = RAISE
+
+    filename = Text(max_length=FILENAME_MAX, multiline=False)
+    info = Text(max_length=METADATA_MAX)
+    url = fields.String(validate=validate.Length(min=1, max=URL_MAX))
+
+    @post_load
+    def _info_is_primary_metadata(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        # The reference stores `info` as the item's primary metadata unless that is given too.
+        info = data.pop("info", None)
+        if info is not None and data.get("metadata_primary") is None:
+            data["metadata_primary"] = info
+        return data
+
+
+class SearchQuerySchema(Schema):
+    """Query of GET /v3/media: unknown parameters (e.g. timestamp, sig) are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    order = fields.String(
+        load_default="descending", validate=validate.OneOf(["ascending", "descending"])
+    )
+    page_index = fields.Integer(
+        load_default=0, strict=False, validate=validate.Range(min=0, max=1_000_000)
+    )
+    page_size = fields.Integer(load_default=20, strict=False, validate=validate.Range(min=1, max=100))
+    start_time = IsoDateTime(metadata={"type": "string", "format": "date-time"})
+    end_time = IsoDateTime(metadata={"type": "string", "format": "date-time"})
+
+    @pre_load
+    def _reject_repeats(self, data: Any, **kwargs: Any) -> Any:
+        # webargs hands a MultiDict: a repeated parameter is ambiguous, so say which.
+        getlist = getattr(data, "getlist", None)
+        if getlist is not None:
+            repeated = [name for name in self.fields if len(getlist(name)) > 1]
+            if repeated:
+                raise ValidationError({name: ["Given more than once."] for name in repeated})
+        return data
+
+    @validates_schema
+    def _window(self, data: dict[str, Any], **kwargs: Any) -> None:
+        start, end = data.get("start_time"), data.get("end_time")
+        if start is not None and end is not None and end < start:
+            raise ValidationError("end_time is before start_time.", "end_time")
+
+
+class LinkSchema(Schema):
+    href = fields.String()
+
+
+class LinksSchema(Schema):
+    self_ = fields.Nested(LinkSchema, data_key="self")
+    first = fields.Nested(LinkSchema)
+    last = fields.Nested(LinkSchema)
+    next = fields.Nested(LinkSchema)
+    prev = fields.Nested(LinkSchema)
+
+
+class EmbeddedMediaSchema(Schema):
+    media = fields.List(fields.Nested(MediaItemSchema))
+
+
+class SearchResultSchema(Schema):
+    """HAL page of search results."""
+
+    page_size = fields.Integer()
+    page_index = fields.Integer()
+    count = fields.Integer()
+    _links = fields.Nested(LinksSchema)
+    _embedded = fields.Nested(EmbeddedMediaSchema)
+
+
+class ProblemSchema(Schema):
+    """RFC 7807 problem details (application/problem+json)."""
+
+    type = fields.String()
+    title = fields.String()
+    status = fields.Integer()
+    detail = fields.String()
+    instance = fields.String(metadata={"description": "The request id (also X-Request-Id)."})
+    invalid_parameters = fields.List(
+        fields.Dict(keys=fields.String(), values=fields.String()),
+        metadata={"description": "One entry per bad field: {name, reason}."},
+    )

@@ -1,0 +1,296 @@
+"""MediaService: who may see what, and the upload, update, download and delete sequences.
+
+The two stores share no transaction, so every multi-step change is ordered so that a crash at
+any point leaves either nothing visible or a state the sweeper (service/sweeper.py) finishes:
+
+* upload: insert a PENDING document -> write the bytes under the item's own id -> mark READY.
+  Only READY items are ever visible; a PENDING item older than the grace period is rolled back.
+* delete: mark DELETING (invisible at once) -> delete the bytes -> remove the document.
+  A DELETING item left behind is finished by the sweeper.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import puremagic
+
+from media_service.auth import Principal
+from media_service.errors import Forbidden, NotFound, ServiceUnavailable
+from media_service.schemas.fields import normalise_mime_type
+from media_service.service.streams import HashingReader, Readable
+from media_service.settings import Settings
+from media_service.storage.interfaces import (
+    Backends,
+    BlobStream,
+    CountOutcome,
+    ItemState,
+    MediaItem,
+    SearchPage,
+    SearchQuery,
+    SearchScope,
+    StorageError,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MIME_TYPE = "application/octet-stream"
+SEARCH_DEFAULT_WINDOW = timedelta(days=7)
+
+
+def utc_now() -> datetime:
+    """Now, in UTC, truncated to milliseconds (the precision every store keeps)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+@dataclass(frozen=True)
+class StagedUpload:
+    """Bytes stored and a PENDING document written; not yet visible."""
+
+    item_id: str
+    store_key: str
+    size: int
+    etag: str
+    sha256: str
+    head: bytes
+    file_name: str | None
+    part_content_type: str | None
+
+
+class LimitReached(Forbidden):
+    slug = "download-limit-reached"
+
+    def __init__(self) -> None:
+        super().__init__("This item has reached its maximum number of anonymous downloads.")
+
+
+class MediaService:
+    """The rules of the API, over the three ports."""
+
+    def __init__(
+        self,
+        backends: Backends,
+        settings: Settings,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.blobs = backends.blobs
+        self.media = backends.media
+        self.settings = settings
+        self.clock = clock
+
+    # ------------------------------------------------------------------ visibility
+
+    def get_owned(self, principal: Principal, item_id: str) -> MediaItem:
+        """The READY item if `principal` may act on it: 404 for another account, 403 for another
+        application of the same account (SPEC §2)."""
+        item = self.media.get(item_id)
+        if item is None or item.account_id != principal.account_id:
+            raise NotFound("No media item with that id.")
+        if principal.application_id is not None and item.application_id != principal.application_id:
+            raise Forbidden("This media item belongs to another application.")
+        return item
+
+    def get_for_download(self, principal: Principal | None, item_id: str) -> MediaItem:
+        """The item if the request may read its content: owners always; anyone for public items
+        until the anonymous download limit is reached."""
+        if principal is not None:
+            return self.get_owned(principal, item_id)
+        item = self.media.get(item_id)
+        if item is None:
+            raise NotFound("No media item with that id.")
+        if not item.public:
+            from media_service.errors import Unauthorized
+
+            raise Unauthorized("This media item is private: authentication required.")
+        if _limit_reached(item):
+            raise LimitReached()
+        return item
+
+    # ------------------------------------------------------------------ upload
+
+    def stage_upload(
+        self,
+        principal: Principal,
+        source: Readable,
+        *,
+        file_name: str | None,
+        part_content_type: str | None,
+        source_url: str | None = None,
+    ) -> StagedUpload:
+        """Insert a PENDING document, then stream `source` into the blob store under its id."""
+        now = self.clock()
+        item_id = str(uuid.uuid4())
+        pending = MediaItem(
+            id=item_id,
+            account_id=principal.account_id,
+            application_id=principal.application_id,
+            original_file_name=file_name or "",
+            mime_type=DEFAULT_MIME_TYPE,
+            store_id=self.blobs.store_id,
+            store_key=item_id,
+            store_meta_params={},
+            max_downloads_allowed=0,
+            times_downloaded=0,
+            etag="",
+            media_size=0,
+            time_created=now,
+            time_last_updated=now,
+            time_content_modified=now,
+            public=False,
+            source_url=source_url,
+            state=ItemState.PENDING,
+        )
+        self.media.insert(pending)
+        reader = HashingReader(source, self.settings.max_upload_bytes)
+        try:
+            self.blobs.put(item_id, reader)  # type: ignore[arg-type]
+        except BaseException:
+            self._forget(item_id, item_id)
+            raise
+        return StagedUpload(
+            item_id=item_id,
+            store_key=item_id,
+            size=reader.size,
+            etag=reader.md5_hex,
+            sha256=reader.sha256_hex,
+            head=reader.head,
+            file_name=file_name,
+            part_content_type=part_content_type,
+        )
+
+    def publish_upload(self, staged: StagedUpload, fields: dict[str, Any]) -> MediaItem:
+        """Make a staged upload visible with its validated fields (the 201 moment)."""
+        name = fields.pop("filename", None) or staged.file_name or staged.item_id
+        mime_type = fields.pop("mime_type", None) or choose_mime_type(
+            staged.part_content_type, staged.head, name
+        )
+        changes: dict[str, Any] = {
+            "original_file_name": name,
+            "mime_type": mime_type,
+            "etag": staged.etag,
+            "media_size": staged.size,
+            "store_meta_params": {"filesize": str(staged.size), "sha256": staged.sha256},
+            "public": fields.pop("public", False),
+            "max_downloads_allowed": fields.pop("max_downloads_allowed", 0) or 0,
+        }
+        for key in ("metadata_primary", "metadata_secondary", "title", "description"):
+            if fields.get(key) is not None:
+                changes[key] = fields[key]
+        try:
+            item = self.media.mark_ready(staged.item_id, changes)
+        except BaseException:
+            self.abandon_upload(staged)
+            raise
+        if item is None:  # the sweeper rolled it back: the upload took longer than the grace
+            self.abandon_upload(staged)
+            raise ServiceUnavailable("The upload could not be completed; retry.")
+        return item
+
+    def abandon_upload(self, staged: StagedUpload) -> None:
+        """Remove a staged upload (best effort: the sweeper removes whatever this misses)."""
+        self._forget(staged.item_id, staged.store_key)
+
+    def _forget(self, item_id: str, store_key: str) -> None:
+        try:
+            self.blobs.delete(store_key)
+            self.media.remove(item_id)
+        except StorageError as error:
+            log.warning("cleanup of %s deferred to the sweeper: %s", item_id, error)
+
+    # ------------------------------------------------------------------ update, delete
+
+    def update(self, principal: Principal, item_id: str, changes: dict[str, Any]) -> MediaItem:
+        self.get_owned(principal, item_id)
+        if "max_downloads_allowed" in changes and changes["max_downloads_allowed"] is None:
+            changes["max_downloads_allowed"] = 0
+        item = self.media.update(item_id, changes, self.clock())
+        if item is None:  # deleted meanwhile
+            raise NotFound("No media item with that id.")
+        return item
+
+    def delete(self, principal: Principal, item_id: str) -> None:
+        self.get_owned(principal, item_id)
+        item = self.media.mark_deleting(item_id)
+        if item is None:  # a concurrent delete won
+            raise NotFound("No media item with that id.")
+        # From here the item is invisible; if either step fails the sweeper finishes the job.
+        try:
+            self.blobs.delete(item.store_key)
+            self.media.remove(item_id)
+        except StorageError as error:
+            log.warning("delete of %s left to the sweeper: %s", item_id, error)
+
+    # ------------------------------------------------------------------ search
+
+    def search(
+        self,
+        principal: Principal,
+        *,
+        ascending: bool,
+        page_index: int,
+        page_size: int,
+        start_time: datetime | None,
+        end_time: datetime | None,
+    ) -> SearchPage:
+        scope = SearchScope(principal.account_id, principal.application_id)
+        start = start_time if start_time is not None else self.clock() - SEARCH_DEFAULT_WINDOW
+        query = SearchQuery(
+            scope=scope,
+            start_time=start,
+            end_time=end_time,
+            ascending=ascending,
+            offset=page_index * page_size,
+            limit=page_size,
+        )
+        return self.media.search(query)
+
+    # ------------------------------------------------------------------ download
+
+    def open_content(self, item: MediaItem, start: int, length: int) -> BlobStream:
+        return self.blobs.open(item.store_key, start, length)
+
+    def count_download(self, principal: Principal | None, item: MediaItem) -> None:
+        """Count one download; anonymous requests are refused once the limit is reached."""
+        result = self.media.count_download(item.id, enforce_limit=principal is None)
+        if result.outcome is CountOutcome.LIMIT_REACHED:
+            raise LimitReached()
+        if result.outcome is CountOutcome.NOT_FOUND:
+            raise NotFound("No media item with that id.")
+
+
+def _limit_reached(item: MediaItem) -> bool:
+    return 0 < item.max_downloads_allowed <= item.times_downloaded
+
+
+def choose_mime_type(part_content_type: str | None, head: bytes, file_name: str) -> str:
+    """The part's type when specific, else sniffed from the bytes, else from the name (SPEC §1)."""
+    declared = normalise_mime_type(part_content_type) if part_content_type else None
+    if declared and declared.split(";")[0] not in ("application/octet-stream", "*/*"):
+        return declared
+    sniffed = _sniff(head)
+    if sniffed:
+        return sniffed
+    guessed, _ = mimetypes.guess_type(file_name, strict=False)
+    if guessed and normalise_mime_type(guessed):
+        return guessed
+    return DEFAULT_MIME_TYPE
+
+
+def _sniff(head: bytes) -> str | None:
+    if not head:
+        return None
+    try:
+        matches = puremagic.magic_string(head)
+    except (puremagic.PureError, ValueError):
+        return None
+    for match in matches:
+        if match.mime_type and normalise_mime_type(match.mime_type):
+            return normalise_mime_type(match.mime_type)
+    return None
