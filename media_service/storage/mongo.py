@@ -1,0 +1,417 @@
+"""MongoDB adapters: media items and credentials in one database. pymongo stays in this module."""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
+
+from media_service.settings import Settings
+from media_service.storage import records
+from media_service.storage.interfaces import (
+    UPDATABLE_FIELDS,
+    Account,
+    AlreadyExists,
+    Application,
+    BackendUnavailable,
+    CountOutcome,
+    CountResult,
+    MediaItem,
+    SearchPage,
+    SearchQuery,
+)
+
+Document = dict[str, Any]
+
+_BATCH = 500  # documents per sweeper page, and values per $in list
+_TIME_ORDER = [("time_created", ASCENDING), ("_id", ASCENDING)]
+
+# Server error codes that mean "not now" rather than "wrong request": network trouble, elections,
+# shutdowns, time limits, and credentials the server refuses (an operator must act; callers get
+# a 503 meanwhile rather than a 500).
+_UNAVAILABLE_CODES = frozenset(
+    {6, 7, 13, 18, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
+)
+
+
+def _unavailable(exc: PyMongoError) -> bool:
+    if exc.timeout or isinstance(exc, ConnectionFailure | ExecutionTimeout | WriteConcernError):
+        return True
+    return isinstance(exc, OperationFailure) and (
+        exc.code in _UNAVAILABLE_CODES or exc.has_error_label("RetryableWriteError")
+    )
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Turn pymongo errors into the ports' exceptions."""
+    try:
+        yield
+    except DuplicateKeyError as exc:
+        raise AlreadyExists(str(exc)) from exc
+    except PyMongoError as exc:
+        if _unavailable(exc):
+            raise BackendUnavailable("database", str(exc)) from exc
+        raise
+
+
+_open_databases: weakref.WeakSet[MongoDatabase] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for db in list(_open_databases):
+        db._forget_client_after_fork()
+
+
+# pymongo clients are not fork-safe: a gunicorn worker forked after the master ran
+# ensure_schema must build its own client rather than reuse the master's sockets and threads.
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class MongoDatabase:
+    """One database on one MongoClient, created on first use (and anew in a forked child)."""
+
+    def __init__(self, connect: Callable[[], MongoClient[Document]], name: str) -> None:
+        self._connect = connect
+        self.name = name
+        self._lock = threading.Lock()
+        self._client: MongoClient[Document] | None = None
+        self._inherited: list[MongoClient[Document]] = []  # the parent's: never used here
+        _open_databases.add(self)
+
+    @classmethod
+    def wrap(cls, database: Database[Document]) -> MongoDatabase:
+        """Use a ready database object (a test's mongomock, or a client made elsewhere)."""
+        return cls(lambda: database.client, database.name)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MongoDatabase:
+        """Prepare (not yet connect) a client for MEDIA_DATABASE_URL with bounded timeouts."""
+        url = settings.database_url
+        timeout_ms = max(1, int(settings.backend_timeout * 1000))
+
+        def connect() -> MongoClient[Document]:
+            return MongoClient(
+                url,
+                connect=False,  # no sockets or monitor threads until the first operation
+                tz_aware=True,
+                appname="media-service",
+                serverSelectionTimeoutMS=timeout_ms,
+                connectTimeoutMS=timeout_ms,
+                socketTimeoutMS=timeout_ms,
+                timeoutMS=timeout_ms,
+            )
+
+        return cls(connect, unquote(urlsplit(url).path.strip("/")))
+
+    @property
+    def database(self) -> Database[Document]:
+        """The database, creating this process's client on first use."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._connect()
+                client = self._client
+        return client[self.name]
+
+    def _forget_client_after_fork(self) -> None:
+        # Runs in the child while it has a single thread; a parent thread may have held the
+        # lock at fork time, so it is replaced rather than taken.
+        self._lock = threading.Lock()
+        if self._client is not None:
+            self._inherited.append(self._client)
+        self._client = None
+
+    def collection(self, name: str) -> Collection[Document]:
+        return self.database[name]
+
+    def ping(self) -> None:
+        """Raise BackendUnavailable unless the server answers."""
+        with _translated():
+            self.database.command("ping")
+
+    def close(self) -> None:
+        """Close this process's client (a later operation would open a new one)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+# --------------------------------------------------------------------------- media items
+
+
+def _document(record: Mapping[str, object]) -> Document:
+    doc: Document = {"_id": record["id"]}
+    doc.update((name, value) for name, value in record.items() if name != "id")
+    return doc
+
+
+def _item(doc: Mapping[str, Any]) -> MediaItem:
+    return records.item_from_record({**doc, "id": doc["_id"]})
+
+
+class MongoMediaRepository:
+    """MediaRepository on MongoDB: one document per item, `_id` = item id."""
+
+    def __init__(self, db: MongoDatabase, collection: str = "media_items") -> None:
+        self.db = db
+        self.collection_name = collection
+
+    @classmethod
+    def from_database(cls, db: MongoDatabase) -> MongoMediaRepository:
+        return cls(db)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MongoMediaRepository:
+        return cls(MongoDatabase.from_settings(settings))
+
+    @property
+    def _items(self) -> Collection[Document]:
+        return self.db.collection(self.collection_name)
+
+    def ensure_schema(self) -> None:
+        # Same indexes as SQLite: a search walks one scope's READY items in (time, id) order.
+        with _translated():
+            items = self._items
+            for name, scope in (("account", "account_id"), ("application", "application_id")):
+                items.create_index(
+                    [(scope, ASCENDING), ("state", ASCENDING), *_TIME_ORDER], name=name
+                )
+            items.create_index([("state", ASCENDING), *_TIME_ORDER], name="state_time")
+            items.create_index([("store_key", ASCENDING)], name="store_key", unique=True)
+
+    def insert(self, item: MediaItem) -> None:
+        doc = _document(records.item_record(item))
+        with _translated():
+            self._items.insert_one(doc)
+
+    def get(self, item_id: str, *, include_hidden: bool = False) -> MediaItem | None:
+        query: Document = {"_id": records.require_id(item_id)}
+        if not include_hidden:
+            query["state"] = "ready"
+        with _translated():
+            doc = self._items.find_one(query)
+        return None if doc is None else _item(doc)
+
+    def mark_ready(self, item_id: str, changes: dict[str, object]) -> MediaItem | None:
+        values = records.change_record(changes, records.READY_FIELDS) | {"state": "ready"}
+        return self._update_one(item_id, "pending", values)
+
+    def update(self, item_id: str, changes: dict[str, object], now: datetime) -> MediaItem | None:
+        values = records.change_record(changes, UPDATABLE_FIELDS)
+        values["time_last_updated"] = records.utc_ms(now, "now")
+        return self._update_one(item_id, "ready", values)
+
+    def mark_deleting(self, item_id: str) -> MediaItem | None:
+        return self._update_one(item_id, "ready", {"state": "deleting"})
+
+    def _update_one(
+        self, item_id: str, from_state: str, values: Mapping[str, object]
+    ) -> MediaItem | None:
+        """Set `values` on the item if it is in `from_state`; return it as updated."""
+        with _translated():
+            doc = self._items.find_one_and_update(
+                {"_id": records.require_id(item_id), "state": from_state},
+                {"$set": dict(values)},  # field names checked by records, values are values
+                return_document=ReturnDocument.AFTER,
+            )
+        return None if doc is None else _item(doc)
+
+    def count_download(self, item_id: str, *, enforce_limit: bool) -> CountResult:
+        query: Document = {"_id": records.require_id(item_id), "state": "ready"}
+        if enforce_limit:
+            # The limit is part of the filter, so the check and the $inc are one atomic
+            # document update on the server: exact under any number of workers and hosts.
+            query["$or"] = [
+                {"max_downloads_allowed": 0},
+                {"$expr": {"$lt": ["$times_downloaded", "$max_downloads_allowed"]}},
+            ]
+        with _translated():
+            doc = self._items.find_one_and_update(
+                query,
+                {"$inc": {"times_downloaded": 1}},
+                projection={"times_downloaded": True},
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is not None:
+                return CountResult(CountOutcome.COUNTED, int(doc["times_downloaded"]))
+            # Nothing was counted; this read only picks which refusal to report.
+            ready = self._items.find_one({"_id": item_id, "state": "ready"}, {"_id": True})
+        return CountResult(CountOutcome.NOT_FOUND if ready is None else CountOutcome.LIMIT_REACHED)
+
+    def remove(self, item_id: str) -> bool:
+        with _translated():
+            result = self._items.delete_one({"_id": records.require_id(item_id)})
+        return result.deleted_count > 0
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        start, end = records.check_query(query)
+        window: Document = {"$gte": start}
+        if end is not None:
+            window["$lte"] = end
+        match: Document = {
+            "account_id": query.scope.account_id,
+            "state": "ready",
+            "time_created": window,
+        }
+        if query.scope.application_id is not None:
+            match["application_id"] = query.scope.application_id
+        direction = ASCENDING if query.ascending else DESCENDING
+        with _translated():
+            total = self._items.count_documents(match)
+            docs: list[Document] = []
+            if query.limit > 0:  # limit(0) would mean "no limit" to MongoDB
+                cursor = self._items.find(match).sort(
+                    [("time_created", direction), ("_id", direction)]
+                )
+                docs = list(cursor.skip(query.offset).limit(query.limit))
+        return SearchPage(total=total, items=[_item(doc) for doc in docs])
+
+    def iter_hidden(self, older_than: datetime) -> Iterator[MediaItem]:
+        # Pages rather than one open cursor: the sweeper works between documents, and a cursor
+        # is bounded by timeoutMS for its whole lifetime.
+        cutoff = records.utc_ms(older_than, "older_than")
+        yield from self._pages({"state": "pending", "time_created": {"$lt": cutoff}})
+        yield from self._pages({"state": "deleting"})
+
+    def _pages(self, match: Document) -> Iterator[MediaItem]:
+        query = match
+        while True:
+            with _translated():
+                docs = list(self._items.find(query).sort(_TIME_ORDER).limit(_BATCH))
+            yield from (_item(doc) for doc in docs)
+            if len(docs) < _BATCH:
+                return
+            last_time, last_id = docs[-1]["time_created"], docs[-1]["_id"]
+            after = {
+                "$or": [
+                    {"time_created": {"$gt": last_time}},
+                    {"time_created": last_time, "_id": {"$gt": last_id}},
+                ]
+            }
+            query = {"$and": [match, after]}
+
+    def ids_with_keys(self, store_keys: list[str]) -> set[str]:
+        keys = [records.require_id(key, "store_key") for key in store_keys]
+        found: set[str] = set()
+        for start in range(0, len(keys), _BATCH):
+            with _translated():
+                docs = self._items.find(
+                    {"store_key": {"$in": keys[start : start + _BATCH]}}, {"store_key": True}
+                )
+                found.update(doc["store_key"] for doc in docs)
+        return found
+
+    def ping(self) -> None:
+        self.db.ping()
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+class MongoCredentialStore:
+    """CredentialStore on MongoDB: `_id` is the api_key / application_id, hence unique."""
+
+    def __init__(self, db: MongoDatabase) -> None:
+        self.db = db
+
+    @classmethod
+    def from_database(cls, db: MongoDatabase) -> MongoCredentialStore:
+        return cls(db)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MongoCredentialStore:
+        return cls(MongoDatabase.from_settings(settings))
+
+    @property
+    def _accounts(self) -> Collection[Document]:
+        return self.db.collection("accounts")
+
+    @property
+    def _applications(self) -> Collection[Document]:
+        return self.db.collection("applications")
+
+    def ensure_schema(self) -> None:
+        # Uniqueness of keys and application ids is the mandatory unique index on `_id`.
+        with _translated():
+            self._applications.create_index([("api_key", ASCENDING)], name="api_key")
+
+    def add_account(self, account: Account) -> None:
+        doc = {
+            "_id": records.require_id(account.api_key, "api_key"),
+            "secret_salt": bytes(account.secret_salt),
+            "secret_digest": bytes(account.secret_digest),
+            "enabled": bool(account.enabled),
+        }
+        with _translated():
+            self._accounts.insert_one(doc)
+
+    def get_account(self, api_key: str) -> Account | None:
+        with _translated():
+            doc = self._accounts.find_one({"_id": records.require_id(api_key, "api_key")})
+        if doc is None:
+            return None
+        return Account(
+            api_key=doc["_id"],
+            secret_salt=bytes(doc["secret_salt"]),
+            secret_digest=bytes(doc["secret_digest"]),
+            enabled=bool(doc["enabled"]),
+        )
+
+    def add_application(self, application: Application) -> None:
+        doc = {
+            "_id": records.require_id(application.application_id, "application_id"),
+            "api_key": records.require_id(application.api_key, "api_key"),
+            "public_keys": records.unique_keys(application.public_keys),
+            "enabled": bool(application.enabled),
+        }
+        with _translated():
+            self._applications.insert_one(doc)
+
+    def get_application(self, application_id: str) -> Application | None:
+        query = {"_id": records.require_id(application_id, "application_id")}
+        with _translated():
+            doc = self._applications.find_one(query)
+        if doc is None:
+            return None
+        return Application(
+            application_id=doc["_id"],
+            api_key=doc["api_key"],
+            public_keys=tuple(doc["public_keys"]),
+            enabled=bool(doc["enabled"]),
+        )
+
+    def add_public_key(self, application_id: str, public_key_pem: str) -> bool:
+        query = {"_id": records.require_id(application_id, "application_id")}
+        key = records.require_id(public_key_pem, "public_key_pem")
+        with _translated():
+            # $addToSet appends atomically, and a key already there stays where it is.
+            result = self._applications.update_one(query, {"$addToSet": {"public_keys": key}})
+        return result.matched_count > 0
+
+
+def from_settings(
+    settings: Settings,
+) -> tuple[MongoMediaRepository, MongoCredentialStore, MongoDatabase]:
+    """Both adapters on one client; close the database at shutdown."""
+    db = MongoDatabase.from_settings(settings)
+    return MongoMediaRepository(db), MongoCredentialStore(db), db

@@ -1,0 +1,508 @@
+"""SQLite adapters, the embedded default: media items and credentials in one database file."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from media_service.settings import Settings, sqlite_path
+from media_service.storage import records
+from media_service.storage.interfaces import (
+    UPDATABLE_FIELDS,
+    Account,
+    AlreadyExists,
+    Application,
+    BackendUnavailable,
+    CountOutcome,
+    CountResult,
+    MediaItem,
+    SearchPage,
+    SearchQuery,
+)
+
+Params = Mapping[str, Any] | Sequence[Any]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_BATCH = 500  # rows per sweeper page, and bound parameters per IN (...) list
+
+# Times are INTEGER epoch milliseconds (UTC): they compare and index as plain numbers.
+# The two scope indexes end in (state, time_created, id), so a search is a range scan of one
+# scope's READY items, already in the requested order: its cost does not grow with the table.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS media_items (
+    id                    TEXT PRIMARY KEY,
+    account_id            TEXT NOT NULL,
+    application_id        TEXT,
+    original_file_name    TEXT NOT NULL,
+    mime_type             TEXT NOT NULL,
+    store_id              TEXT NOT NULL,
+    store_key             TEXT NOT NULL,
+    store_meta_params     TEXT NOT NULL,
+    max_downloads_allowed INTEGER NOT NULL CHECK (max_downloads_allowed >= 0),
+    times_downloaded      INTEGER NOT NULL CHECK (times_downloaded >= 0),
+    etag                  TEXT NOT NULL,
+    media_size            INTEGER NOT NULL,
+    time_created          INTEGER NOT NULL,
+    time_last_updated     INTEGER NOT NULL,
+    time_content_modified INTEGER NOT NULL,
+    public                INTEGER NOT NULL,
+    metadata_primary      TEXT,
+    metadata_secondary    TEXT,
+    title                 TEXT,
+    description           TEXT,
+    source_url            TEXT,
+    state                 TEXT NOT NULL CHECK (state IN ('pending', 'ready', 'deleting'))
+);
+CREATE INDEX IF NOT EXISTS media_items_account
+    ON media_items (account_id, state, time_created, id);
+CREATE INDEX IF NOT EXISTS media_items_application
+    ON media_items (application_id, state, time_created, id);
+CREATE INDEX IF NOT EXISTS media_items_state_time
+    ON media_items (state, time_created, id);
+CREATE UNIQUE INDEX IF NOT EXISTS media_items_store_key
+    ON media_items (store_key);
+
+CREATE TABLE IF NOT EXISTS accounts (
+    api_key       TEXT PRIMARY KEY,
+    secret_salt   BLOB NOT NULL,
+    secret_digest BLOB NOT NULL,
+    enabled       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS applications (
+    application_id TEXT PRIMARY KEY,
+    api_key        TEXT NOT NULL,
+    enabled        INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS applications_api_key ON applications (api_key);
+CREATE TABLE IF NOT EXISTS application_public_keys (
+    id             INTEGER PRIMARY KEY,
+    application_id TEXT NOT NULL
+        REFERENCES applications (application_id) ON DELETE CASCADE,
+    public_key_pem TEXT NOT NULL,
+    UNIQUE (application_id, public_key_pem)
+);
+"""
+
+
+def to_ms(value: datetime) -> int:
+    """Epoch milliseconds of an aware datetime (exact integer arithmetic, no float rounding)."""
+    return (records.utc_ms(value) - _EPOCH) // _MS
+
+
+def from_ms(value: int) -> datetime:
+    """The aware UTC datetime of epoch milliseconds."""
+    return _EPOCH + value * _MS
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Turn sqlite3 errors into the ports' exceptions."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        if exc.sqlite_errorname in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
+            raise AlreadyExists(str(exc)) from exc
+        raise
+    except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
+        raise  # a bug in this module, not a sick database
+    except sqlite3.DatabaseError as exc:
+        # Locked past busy_timeout, I/O error, disk full, unable to open, not a database...
+        raise BackendUnavailable("database", str(exc)) from exc
+
+
+_open_databases: weakref.WeakSet[SqliteDatabase] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for db in list(_open_databases):
+        db._forget_connections_after_fork()
+
+
+# gunicorn forks workers from a master that may have run ensure_schema: each worker then opens
+# its own connections.
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class SqliteDatabase:
+    """One SQLite file, with a connection per thread and per process, opened on first use."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        # Connections inherited through fork: SQLite forbids using them in the child, and
+        # finalising them there could checkpoint or unlink the parent's WAL, so they are only
+        # kept referenced here, never used or closed.
+        self._inherited: list[sqlite3.Connection] = []
+        _open_databases.add(self)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SqliteDatabase:
+        """Open the database named by MEDIA_DATABASE_URL, creating its directory."""
+        path = sqlite_path(settings.database_url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(path, settings.backend_timeout)
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (raises sqlite3 errors; call it inside _translated)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _forget_connections_after_fork(self) -> None:
+        # Runs in the child while it has a single thread; a parent thread may have held the
+        # lock at fork time, so it is replaced rather than taken.
+        self._lock = threading.Lock()
+        self._inherited.extend(self._connections)
+        self._connections = []
+        self._local = threading.local()
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: autocommit, so every statement is its own short transaction and
+        # multi-statement writes say BEGIN IMMEDIATE themselves. check_same_thread=False only so
+        # that close() may close every thread's connection at shutdown; each connection is
+        # otherwise used by the one thread that opened it.
+        conn = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            # WAL: readers never block the writer, and writers from several processes queue on
+            # busy_timeout instead of failing. It needs a local file system (not NFS).
+            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+            # FULL fsyncs the WAL on every commit: a 201 or a counted download must survive a
+            # power cut, which NORMAL (durable only at checkpoints) does not promise.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def fetch(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Run one statement and return all its rows."""
+        with _translated():
+            # Stepping to the end matters: an UPDATE ... RETURNING commits only when finished.
+            return self.connection().execute(sql, params).fetchall()
+
+    def run(self, sql: str, params: Params = ()) -> int:
+        """Run one statement and return how many rows it changed."""
+        with _translated():
+            return self.connection().execute(sql, params).rowcount
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """Run several statements as one transaction (a consistent snapshot when reading)."""
+        with _translated():
+            conn = self.connection()
+            # IMMEDIATE takes the write lock up front (waiting on busy_timeout): a deferred
+            # transaction that upgrades later fails at once with SQLITE_BUSY instead of waiting.
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def ensure_schema(self) -> None:
+        """Create the tables and indexes if missing."""
+        with self.transaction(write=True) as conn:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    def ping(self) -> None:
+        """Raise BackendUnavailable unless the file can be opened and read."""
+        self.fetch("SELECT count(*) FROM sqlite_schema")
+
+    def close(self) -> None:
+        """Close every connection this process opened."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+            self._local = threading.local()
+        for conn in connections:
+            conn.close()
+
+
+# --------------------------------------------------------------------------- media items
+
+# Column names in SQL text come only from MediaItem's own field names, never from input.
+_INSERT = "INSERT INTO media_items ({}) VALUES ({})".format(
+    ", ".join(records.ITEM_FIELDS), ", ".join(f":{name}" for name in records.ITEM_FIELDS)
+)
+_COUNT = """
+UPDATE media_items SET times_downloaded = times_downloaded + 1
+WHERE id = :id AND state = 'ready'
+  AND (NOT :enforce OR max_downloads_allowed = 0 OR times_downloaded < max_downloads_allowed)
+RETURNING times_downloaded
+"""
+
+
+def _sql_values(record: Mapping[str, object]) -> dict[str, object]:
+    return {
+        name: to_ms(value) if isinstance(value, datetime) else value
+        for name, value in record.items()
+    }
+
+
+def _item(row: sqlite3.Row) -> MediaItem:
+    record: dict[str, object] = dict(zip(row.keys(), row, strict=True))
+    for name in records.TIME_FIELDS:
+        record[name] = from_ms(row[name])
+    return records.item_from_record(record)
+
+
+class SqliteMediaRepository:
+    """MediaRepository on SQLite."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SqliteMediaRepository:
+        return cls(SqliteDatabase.from_settings(settings))
+
+    def ensure_schema(self) -> None:
+        self.db.ensure_schema()
+
+    def insert(self, item: MediaItem) -> None:
+        self.db.run(_INSERT, _sql_values(records.item_record(item)))
+
+    def get(self, item_id: str, *, include_hidden: bool = False) -> MediaItem | None:
+        sql = "SELECT * FROM media_items WHERE id = ?"
+        if not include_hidden:
+            sql += " AND state = 'ready'"
+        rows = self.db.fetch(sql, (records.require_id(item_id),))
+        return _item(rows[0]) if rows else None
+
+    def mark_ready(self, item_id: str, changes: dict[str, object]) -> MediaItem | None:
+        values = records.change_record(changes, records.READY_FIELDS) | {"state": "ready"}
+        return self._update_one(item_id, "pending", values)
+
+    def update(self, item_id: str, changes: dict[str, object], now: datetime) -> MediaItem | None:
+        values = records.change_record(changes, UPDATABLE_FIELDS)
+        values["time_last_updated"] = records.utc_ms(now, "now")
+        return self._update_one(item_id, "ready", values)
+
+    def mark_deleting(self, item_id: str) -> MediaItem | None:
+        return self._update_one(item_id, "ready", {"state": "deleting"})
+
+    def _update_one(
+        self, item_id: str, from_state: str, values: Mapping[str, object]
+    ) -> MediaItem | None:
+        """Set `values` on the item if it is in `from_state`; return it as updated."""
+        # Column names are MediaItem field names checked by records, never client input.
+        assignments = ", ".join(f"{name} = :{name}" for name in values)
+        params = _sql_values(values) | {"_id": records.require_id(item_id), "_from": from_state}
+        rows = self.db.fetch(
+            f"UPDATE media_items SET {assignments} WHERE id = :_id AND state = :_from RETURNING *",
+            params,
+        )
+        return _item(rows[0]) if rows else None
+
+    def count_download(self, item_id: str, *, enforce_limit: bool) -> CountResult:
+        rows = self.db.fetch(_COUNT, {"id": records.require_id(item_id), "enforce": enforce_limit})
+        if rows:
+            return CountResult(CountOutcome.COUNTED, rows[0][0])
+        # Nothing was counted; this read only picks which refusal to report.
+        ready = self.db.fetch(
+            "SELECT 1 FROM media_items WHERE id = ? AND state = 'ready'", (item_id,)
+        )
+        return CountResult(CountOutcome.LIMIT_REACHED if ready else CountOutcome.NOT_FOUND)
+
+    def remove(self, item_id: str) -> bool:
+        return (
+            self.db.run("DELETE FROM media_items WHERE id = ?", (records.require_id(item_id),)) > 0
+        )
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        where, params = search_filter(query)
+        order = "ASC" if query.ascending else "DESC"
+        with self.db.transaction(write=False) as conn:  # page and total from one snapshot
+            total = conn.execute(f"SELECT count(*) FROM media_items WHERE {where}", params)
+            count = int(total.fetchone()[0])
+            rows = conn.execute(
+                f"SELECT * FROM media_items WHERE {where}"
+                f" ORDER BY time_created {order}, id {order} LIMIT :limit OFFSET :offset",
+                params | {"limit": query.limit, "offset": query.offset},
+            ).fetchall()
+        return SearchPage(total=count, items=[_item(row) for row in rows])
+
+    def iter_hidden(self, older_than: datetime) -> Iterator[MediaItem]:
+        # Pages rather than one open cursor: the sweeper removes rows while it iterates, and a
+        # long-lived read would hold back WAL checkpoints.
+        yield from self._pages("state = 'pending' AND time_created < :cutoff", older_than)
+        yield from self._pages("state = 'deleting'", older_than)
+
+    def _pages(self, where: str, older_than: datetime) -> Iterator[MediaItem]:
+        after: tuple[int, str] = (-(2**63), "")
+        while True:
+            rows = self.db.fetch(
+                f"SELECT * FROM media_items WHERE {where}"
+                " AND (time_created, id) > (:after_time, :after_id)"
+                " ORDER BY time_created, id LIMIT :batch",
+                {
+                    "cutoff": to_ms(older_than),
+                    "after_time": after[0],
+                    "after_id": after[1],
+                    "batch": _BATCH,
+                },
+            )
+            yield from (_item(row) for row in rows)
+            if len(rows) < _BATCH:
+                return
+            after = (rows[-1]["time_created"], rows[-1]["id"])
+
+    def ids_with_keys(self, store_keys: list[str]) -> set[str]:
+        found: set[str] = set()
+        keys = [records.require_id(key, "store_key") for key in store_keys]
+        for start in range(0, len(keys), _BATCH):
+            chunk = keys[start : start + _BATCH]
+            marks = ", ".join("?" * len(chunk))
+            rows = self.db.fetch(
+                f"SELECT store_key FROM media_items WHERE store_key IN ({marks})", chunk
+            )
+            found.update(row[0] for row in rows)
+        return found
+
+    def ping(self) -> None:
+        self.db.ping()
+
+
+def search_filter(query: SearchQuery) -> tuple[str, dict[str, object]]:
+    """The WHERE clause and parameters selecting a search's matches."""
+    start, end = records.check_query(query)
+    params: dict[str, object] = {"account_id": query.scope.account_id, "start": to_ms(start)}
+    if query.scope.application_id is None:
+        clauses = ["account_id = :account_id"]
+    else:
+        params["application_id"] = query.scope.application_id
+        # The unary + stops the planner using account_id for the lookup, so it always walks
+        # the application's index instead of every item of the account.
+        clauses = ["application_id = :application_id", "+account_id = :account_id"]
+    clauses += ["state = 'ready'", "time_created >= :start"]
+    if end is not None:
+        params["end"] = to_ms(end)
+        clauses.append("time_created <= :end")
+    return " AND ".join(clauses), params
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+class SqliteCredentialStore:
+    """CredentialStore on SQLite."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SqliteCredentialStore:
+        return cls(SqliteDatabase.from_settings(settings))
+
+    def ensure_schema(self) -> None:
+        self.db.ensure_schema()
+
+    def add_account(self, account: Account) -> None:
+        self.db.run(
+            "INSERT INTO accounts (api_key, secret_salt, secret_digest, enabled)"
+            " VALUES (?, ?, ?, ?)",
+            (
+                records.require_id(account.api_key, "api_key"),
+                bytes(account.secret_salt),
+                bytes(account.secret_digest),
+                bool(account.enabled),
+            ),
+        )
+
+    def get_account(self, api_key: str) -> Account | None:
+        rows = self.db.fetch(
+            "SELECT * FROM accounts WHERE api_key = ?", (records.require_id(api_key, "api_key"),)
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return Account(
+            api_key=row["api_key"],
+            secret_salt=bytes(row["secret_salt"]),
+            secret_digest=bytes(row["secret_digest"]),
+            enabled=bool(row["enabled"]),
+        )
+
+    def add_application(self, application: Application) -> None:
+        app_id = records.require_id(application.application_id, "application_id")
+        keys = records.unique_keys(application.public_keys)
+        with self.db.transaction(write=True) as conn:
+            conn.execute(
+                "INSERT INTO applications (application_id, api_key, enabled) VALUES (?, ?, ?)",
+                (app_id, records.require_id(application.api_key, "api_key"), application.enabled),
+            )
+            conn.executemany(
+                "INSERT INTO application_public_keys (application_id, public_key_pem)"
+                " VALUES (?, ?)",
+                [(app_id, key) for key in keys],
+            )
+
+    def get_application(self, application_id: str) -> Application | None:
+        app_id = records.require_id(application_id, "application_id")
+        with self.db.transaction(write=False) as conn:
+            row = conn.execute(
+                "SELECT * FROM applications WHERE application_id = ?", (app_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            keys = conn.execute(
+                "SELECT public_key_pem FROM application_public_keys"
+                " WHERE application_id = ? ORDER BY id",
+                (app_id,),
+            ).fetchall()
+        return Application(
+            application_id=row["application_id"],
+            api_key=row["api_key"],
+            public_keys=tuple(key[0] for key in keys),
+            enabled=bool(row["enabled"]),
+        )
+
+    def add_public_key(self, application_id: str, public_key_pem: str) -> bool:
+        app_id = records.require_id(application_id, "application_id")
+        records.require_id(public_key_pem, "public_key_pem")
+        with self.db.transaction(write=True) as conn:
+            if (
+                conn.execute(
+                    "SELECT 1 FROM applications WHERE application_id = ?", (app_id,)
+                ).fetchone()
+                is None
+            ):
+                return False
+            # A key that is already there stays where it is: appending is idempotent.
+            conn.execute(
+                "INSERT OR IGNORE INTO application_public_keys (application_id, public_key_pem)"
+                " VALUES (?, ?)",
+                (app_id, public_key_pem),
+            )
+        return True
+
+
+def from_settings(
+    settings: Settings,
+) -> tuple[SqliteMediaRepository, SqliteCredentialStore, SqliteDatabase]:
+    """Both adapters on one database; close the database at shutdown."""
+    db = SqliteDatabase.from_settings(settings)
+    return SqliteMediaRepository(db), SqliteCredentialStore(db), db

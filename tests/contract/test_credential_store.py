@@ -1,0 +1,172 @@
+"""One contract for every CredentialStore: SQLite, mongomock, and real MongoDB when configured."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mongomock
+import pytest
+
+from media_service.settings import Settings
+from media_service.storage.interfaces import (
+    Account,
+    AlreadyExists,
+    Application,
+    BackendUnavailable,
+    CredentialStore,
+)
+from media_service.storage.mongo import MongoCredentialStore, MongoDatabase
+from media_service.storage.sqlite import SqliteCredentialStore, SqliteDatabase
+
+MONGO_URL = os.environ.get("MEDIA_TEST_MONGO_URL")
+BACKENDS: list[Any] = ["sqlite", "mongomock"]
+if MONGO_URL:
+    BACKENDS.append(pytest.param("mongo-real", marks=pytest.mark.mongo))
+
+KEY_1 = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+KEY_2 = "-----BEGIN PUBLIC KEY-----\nBBBB\n-----END PUBLIC KEY-----\n"
+KEY_3 = "-----BEGIN PUBLIC KEY-----\nCCCC\n-----END PUBLIC KEY-----\n"
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CredentialStore]:
+    if request.param == "sqlite":
+        db = SqliteDatabase(tmp_path / "media.db", timeout=5.0)
+        credentials: CredentialStore = SqliteCredentialStore(db)
+        credentials.ensure_schema()
+        yield credentials
+        db.close()
+    elif request.param == "mongomock":
+        client: Any = mongomock.MongoClient(tz_aware=True)
+        credentials = MongoCredentialStore(MongoDatabase.wrap(client["media_test"]))
+        credentials.ensure_schema()
+        yield credentials
+    else:
+        assert MONGO_URL
+        name = f"media_test_{uuid.uuid4().hex[:12]}"
+        base = MONGO_URL.split("?", 1)[0].rstrip("/")
+        if base.count("/") > 2:
+            base = base.rsplit("/", 1)[0]
+        settings = Settings(database_url=f"{base}/{name}", storage_url="file:///unused")
+        mdb = MongoDatabase.from_settings(settings)
+        credentials = MongoCredentialStore(mdb)
+        credentials.ensure_schema()
+        yield credentials
+        mdb.database.client.drop_database(name)
+        mdb.close()
+
+
+def make_account(api_key: str = "key-1", enabled: bool = True) -> Account:
+    return Account(
+        api_key=api_key,
+        secret_salt=os.urandom(16),
+        secret_digest=b"\x00\xff" + os.urandom(30),  # any byte, NUL included
+        enabled=enabled,
+    )
+
+
+def test_account_round_trips(store: CredentialStore) -> None:
+    account = make_account()
+    store.add_account(account)
+    disabled = make_account("key-2", enabled=False)
+    store.add_account(disabled)
+    assert store.get_account("key-1") == account
+    assert store.get_account("key-2") == disabled
+    assert store.get_account("key-3") is None
+
+
+def test_duplicate_account_raises_already_exists(store: CredentialStore) -> None:
+    store.add_account(make_account())
+    with pytest.raises(AlreadyExists):
+        store.add_account(make_account())
+
+
+def test_application_round_trips_with_its_keys_in_order(store: CredentialStore) -> None:
+    application = Application("app-1", "key-1", (KEY_2, KEY_1))
+    store.add_application(application)
+    disabled = Application("app-2", "key-1", (), enabled=False)
+    store.add_application(disabled)
+    assert store.get_application("app-1") == application
+    assert store.get_application("app-2") == disabled
+    assert store.get_application("app-3") is None
+
+
+def test_duplicate_application_raises_already_exists(store: CredentialStore) -> None:
+    store.add_application(Application("app-1", "key-1", (KEY_1,)))
+    with pytest.raises(AlreadyExists):
+        store.add_application(Application("app-1", "key-2", (KEY_2,)))
+    got = store.get_application("app-1")
+    assert got is not None and got.public_keys == (KEY_1,)
+
+
+def test_add_public_key_appends(store: CredentialStore) -> None:
+    store.add_application(Application("app-1", "key-1", (KEY_1,)))
+    assert store.add_public_key("app-1", KEY_2) is True
+    assert store.add_public_key("app-1", KEY_3) is True
+    got = store.get_application("app-1")
+    assert got is not None and got.public_keys == (KEY_1, KEY_2, KEY_3)
+
+
+def test_add_public_key_is_idempotent(store: CredentialStore) -> None:
+    store.add_application(Application("app-1", "key-1", (KEY_1, KEY_2)))
+    assert store.add_public_key("app-1", KEY_1) is True
+    got = store.get_application("app-1")
+    assert got is not None and got.public_keys == (KEY_1, KEY_2)
+
+
+def test_add_public_key_to_a_missing_application_is_false(store: CredentialStore) -> None:
+    assert store.add_public_key("app-404", KEY_1) is False
+    assert store.get_application("app-404") is None
+
+
+def test_lookups_refuse_non_string_keys(store: CredentialStore) -> None:
+    store.add_account(make_account())
+    with pytest.raises(TypeError):
+        store.get_account({"$ne": None})  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        store.get_application({"$gt": ""})  # type: ignore[arg-type]
+    assert store.get_account('{"$ne": null}') is None
+
+
+def test_ensure_schema_is_idempotent(store: CredentialStore) -> None:
+    store.add_account(make_account())
+    store.ensure_schema()
+    assert store.get_account("key-1") is not None
+
+
+def test_sqlite_public_keys_appended_concurrently_are_all_kept(tmp_path: Path) -> None:
+    # mongomock is not atomic across threads, so this runs on SQLite (and proves nothing is lost
+    # by the transaction that checks the application and appends).
+    db = SqliteDatabase(tmp_path / "media.db", timeout=10.0)
+    store = SqliteCredentialStore(db)
+    store.ensure_schema()
+    store.add_application(Application("app-1", "key-1", ()))
+    keys = [f"-----BEGIN PUBLIC KEY-----\n{n}\n-----END PUBLIC KEY-----\n" for n in range(16)]
+    errors: list[BaseException] = []
+
+    def append(key: str) -> None:
+        try:
+            assert store.add_public_key("app-1", key)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append, args=(key,)) for key in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    got = store.get_application("app-1")
+    assert got is not None and sorted(got.public_keys) == sorted(keys)
+    db.close()
+
+
+def test_sqlite_unopenable_path_is_backend_unavailable(tmp_path: Path) -> None:
+    store = SqliteCredentialStore(SqliteDatabase(tmp_path / "missing" / "media.db", timeout=1.0))
+    with pytest.raises(BackendUnavailable):
+        store.get_account("key-1")
