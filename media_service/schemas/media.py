@@ -45,7 +45,9 @@ class MediaItemSchema(Schema):
     time_created = IsoDateTime(metadata={"type": "string", "format": "date-time"})
     time_last_updated = IsoDateTime(metadata={"type": "string", "format": "date-time"})
     public = fields.Boolean()
-    public_item = fields.Boolean(attribute="public")
+    # The same value under the older name (SPEC §1); a Function field, since two fields may not
+    # share one attribute.
+    public_item = fields.Function(lambda item: item.public, metadata={"type": "boolean"})
     metadata_primary = fields.String(allow_none=True)
     metadata_secondary = fields.String(allow_none=True)
     title = fields.String(allow_none=True)

@@ -22,7 +22,7 @@ from typing import Any
 import puremagic
 
 from media_service.auth import Principal
-from media_service.errors import Forbidden, NotFound, ServiceUnavailable
+from media_service.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from media_service.schemas.fields import normalise_mime_type
 from media_service.service.streams import HashingReader, Readable
 from media_service.settings import Settings
@@ -106,8 +106,6 @@ class MediaService:
         if item is None:
             raise NotFound("No media item with that id.")
         if not item.public:
-            from media_service.errors import Unauthorized
-
             raise Unauthorized("This media item is private: authentication required.")
         if _limit_reached(item):
             raise LimitReached()

@@ -1,0 +1,194 @@
+"""Fixtures shared by the suites: settings, backend pairs, the app, credentials and tokens."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from media_service.auth import generate_rsa_keypair, generate_secret, hash_secret, make_token
+from media_service.factory import create_app
+from media_service.settings import Settings
+from media_service.storage.interfaces import Account, Application, Backends
+
+BACKEND_PAIRS = ["sqlite-files", "mongomock-moto"]
+
+
+@pytest.fixture(autouse=True)
+def _aws_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy AWS credentials; never read a developer's real config or reach a real endpoint."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def rsa_keypair() -> tuple[str, str]:
+    """(private PEM, public PEM), generated once per session: key generation is slow."""
+    return generate_rsa_keypair()
+
+
+@pytest.fixture(scope="session")
+def second_rsa_keypair() -> tuple[str, str]:
+    return generate_rsa_keypair()
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    base = Settings(
+        database_url=f"sqlite:///{tmp_path / 'media.db'}",
+        storage_url=(tmp_path / "blobs").as_uri(),
+        data_dir=tmp_path,
+        max_upload_bytes=8 * 1024 * 1024,
+        backend_timeout=2.0,
+    )
+    return base.with_overrides(**overrides) if overrides else base
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+def _sqlite_files(settings: Settings) -> Iterator[Backends]:
+    from media_service.backends import open_backends
+
+    backends = open_backends(settings)
+    yield backends
+    for closer in backends.closers:
+        closer.close()  # type: ignore[attr-defined]
+
+
+def _mongomock_moto(settings: Settings) -> Iterator[Backends]:
+    import boto3
+    import mongomock
+    from moto import mock_aws
+
+    from media_service.storage.mongo import MongoCredentialStore, MongoDatabase, MongoMediaRepository
+    from media_service.storage.s3 import S3BlobStore
+
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="media-test")
+        database = MongoDatabase.wrap(mongomock.MongoClient(tz_aware=True)["media"])
+        backends = Backends(
+            blobs=S3BlobStore(client, "media-test", "items/"),
+            media=MongoMediaRepository.from_database(database),
+            credentials=MongoCredentialStore.from_database(database),
+        )
+        backends.media.ensure_schema()
+        backends.credentials.ensure_schema()
+        yield backends
+
+
+@pytest.fixture(params=BACKEND_PAIRS)
+def backends(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Backends]:
+    factory = _sqlite_files if request.param == "sqlite-files" else _mongomock_moto
+    yield from factory(settings)
+
+
+@pytest.fixture
+def app(settings: Settings, backends: Backends) -> Flask:
+    app = create_app(settings, backends=backends)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@dataclass
+class Credentials:
+    """An account with one application, and helpers to authenticate as either."""
+
+    api_key: str
+    api_secret: str
+    application_id: str
+    private_key: str
+
+    @property
+    def basic(self) -> dict[str, str]:
+        token = base64.b64encode(f"{self.api_key}:{self.api_secret}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def token(self, **kwargs: Any) -> str:
+        return make_token(self.application_id, self.private_key, **kwargs)
+
+    def bearer(self, **kwargs: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(**kwargs)}"}
+
+
+def provision(
+    backends: Backends,
+    keypair: tuple[str, str],
+    *,
+    api_key: str,
+    application_id: str,
+) -> Credentials:
+    secret = generate_secret()
+    salt, digest = hash_secret(secret)
+    backends.credentials.add_account(Account(api_key, salt, digest))
+    backends.credentials.add_application(Application(application_id, api_key, (keypair[1],)))
+    return Credentials(api_key, secret, application_id, keypair[0])
+
+
+@pytest.fixture
+def owner(backends: Backends, rsa_keypair: tuple[str, str]) -> Credentials:
+    """Account `acct0001` with application `app-one`."""
+    return provision(backends, rsa_keypair, api_key="acct0001", application_id="app-one")
+
+
+@pytest.fixture
+def sibling(backends: Backends, owner: Credentials, second_rsa_keypair: tuple[str, str]) -> Credentials:
+    """Another application of the owner's account."""
+    backends.credentials.add_application(
+        Application("app-two", owner.api_key, (second_rsa_keypair[1],))
+    )
+    return Credentials(owner.api_key, owner.api_secret, "app-two", second_rsa_keypair[0])
+
+
+@pytest.fixture
+def stranger(backends: Backends, second_rsa_keypair: tuple[str, str]) -> Credentials:
+    """A different account with its own application."""
+    return provision(backends, second_rsa_keypair, api_key="acct0002", application_id="app-other")
+
+
+Uploader = Callable[..., Any]
+
+
+@pytest.fixture
+def upload(client: FlaskClient) -> Uploader:
+    """POST a multipart upload; returns the test response."""
+
+    def _upload(
+        headers: dict[str, str],
+        content: bytes = b"RIFF\x24\x00\x00\x00WAVEfmt hello",
+        *,
+        filename: str = "hello.wav",
+        content_type: str = "audio/wav",
+        field: str = "filedata",
+        **fields: Any,
+    ) -> Any:
+        data: dict[str, Any] = {k: v for k, v in fields.items()}
+        data[field] = (io.BytesIO(content), filename, content_type)
+        return client.post("/v3/media", data=data, headers=headers, content_type="multipart/form-data")
+
+    return _upload
+
+
+def real_backend_env(name: str) -> str | None:
+    return os.environ.get(name) or None
