@@ -1,0 +1,255 @@
+"""Blob store on the local file system: the embedded default (one host, one disk)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from media_service.settings import Settings, file_storage_root
+from media_service.storage.interfaces import BackendUnavailable, BlobInfo, BlobNotFound, StoredBlob
+
+CHUNK_SIZE = 1024 * 1024
+TEMP_DIR = ".tmp"
+# Server keys are UUIDs; the pattern also rules out "", ".", "..", separators and hidden names.
+_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+
+def check_key(key: str) -> str:
+    """Return the key if it is a safe single file name; raise ValueError otherwise."""
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise ValueError(f"invalid blob key: {key!r}")
+    return key
+
+
+def _unavailable(exc: OSError) -> BackendUnavailable:
+    # strerror only: the message must not leak absolute paths into problem+json bodies.
+    reason = f": {exc.strerror}" if exc.strerror else ""
+    return BackendUnavailable("blob store", f"{type(exc).__name__}{reason}")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory's entries, so a rename or a new entry in it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileBlobStream:
+    """An open read of [start, start+length) of a file, in 1 MiB chunks.
+
+    `file` (already at `start`) and `length` let the web layer hand the range to
+    wsgi.file_wrapper / sendfile instead of iterating.
+    """
+
+    def __init__(self, file: BinaryIO, length: int) -> None:
+        self.file = file
+        self.length = length
+
+    def __iter__(self) -> Iterator[bytes]:
+        remaining = self.length
+        while remaining > 0:
+            try:
+                chunk = self.file.read(min(CHUNK_SIZE, remaining))
+            except OSError as exc:
+                raise _unavailable(exc) from exc
+            if not chunk:  # the file shrank under us: stop rather than spin
+                return
+            remaining -= len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        """Close the file."""
+        self.file.close()
+
+    def __enter__(self) -> FileBlobStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class FileBlobStore:
+    """Blobs as files under `root/<first two chars of key>/<key>`, written atomically."""
+
+    store_id = "file"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._temp = self.root / TEMP_DIR
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FileBlobStore:
+        """Build the store for a `file://` storage URL, creating its directory."""
+        root = file_storage_root(settings.storage_url)
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    def _path(self, key: str) -> Path:
+        check_key(key)
+        return self.root / key[:2] / key
+
+    def put(self, key: str, source: BinaryIO) -> StoredBlob:
+        """Copy `source` to a temp file, fsync it, rename it into place, fsync the directory."""
+        final = self._path(key)
+        # No parents=True: a vanished root (an unmounted volume) must fail, not be recreated.
+        try:
+            self._temp.mkdir(exist_ok=True)
+            fd, temp_name = tempfile.mkstemp(dir=self._temp, prefix=f"{key}.", suffix=".part")
+        except OSError as exc:
+            raise _unavailable(exc) from exc
+        try:
+            # Unbuffered: closing after a failed read must not flush (and fail) on its own.
+            with os.fdopen(fd, "wb", buffering=0) as out:
+                size = _copy(source, out)
+                try:
+                    os.fsync(out.fileno())
+                except OSError as exc:
+                    raise _unavailable(exc) from exc
+            self._move_into_place(Path(temp_name), final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_name)
+            raise
+        return StoredBlob(key=key, size=size)
+
+    def _move_into_place(self, temp: Path, final: Path) -> None:
+        """Rename the synced temp file to its key, durably; on failure leave nothing there."""
+        try:
+            try:
+                final.parent.mkdir()
+                created = True
+            except FileExistsError:
+                created = False
+            os.replace(temp, final)
+        except OSError as exc:
+            raise _unavailable(exc) from exc
+        try:
+            _fsync_dir(final.parent)
+            if created:
+                _fsync_dir(self.root)  # the new shard directory's own entry
+        except OSError as exc:
+            # Not known to be durable, so not a success: a failed put leaves no blob behind.
+            with contextlib.suppress(OSError):
+                os.unlink(final)
+            raise _unavailable(exc) from exc
+
+    def open(self, key: str, start: int = 0, length: int | None = None) -> FileBlobStream:
+        """Open the bytes [start, start+length) of a blob (clamped to its end)."""
+        if start < 0 or (length is not None and length < 0):
+            raise ValueError("start and length must be >= 0")
+        path = self._path(key)
+        try:
+            file = open(path, "rb")  # the stream owns it and closes it
+        except FileNotFoundError:
+            self._check_root()
+            raise BlobNotFound(key) from None
+        except OSError as exc:
+            raise _unavailable(exc) from exc
+        try:
+            size = os.fstat(file.fileno()).st_size
+            available = max(size - start, 0)
+            count = available if length is None else min(length, available)
+            file.seek(min(start, size))
+        except OSError as exc:
+            file.close()
+            raise _unavailable(exc) from exc
+        return FileBlobStream(file, count)
+
+    def delete(self, key: str) -> None:
+        """Remove the blob's file; a missing one is fine."""
+        path = self._path(key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            self._check_root()
+        except OSError as exc:
+            raise _unavailable(exc) from exc
+
+    def list_blobs(self) -> Iterator[BlobInfo]:
+        """Yield every stored blob (never temp files)."""
+        try:
+            with os.scandir(self.root) as top:
+                shards = [e for e in top if e.name != TEMP_DIR and e.is_dir(follow_symlinks=False)]
+            for shard in shards:
+                with os.scandir(shard.path) as entries:
+                    for entry in entries:
+                        info = self._info(shard.name, entry)
+                        if info is not None:
+                            yield info
+        except OSError as exc:
+            raise _unavailable(exc) from exc
+
+    @staticmethod
+    def _info(shard: str, entry: os.DirEntry[str]) -> BlobInfo | None:
+        if not _KEY.fullmatch(entry.name) or entry.name[:2] != shard:
+            return None  # not something put() wrote
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return None  # deleted while listing
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        modified = datetime.fromtimestamp(st.st_mtime, tz=UTC)
+        return BlobInfo(key=entry.name, size=st.st_size, last_modified=modified)
+
+    def remove_stale_temp(self, older_than_seconds: float = 3600) -> int:
+        """Delete temp files untouched for that long (left by crashed uploads); return how many."""
+        # An upload in progress keeps its temp file's mtime fresh with every write.
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        try:
+            with os.scandir(self._temp) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(entry.path)
+                            removed += 1
+        except FileNotFoundError:
+            return removed  # no upload ever ran
+        except OSError as exc:
+            raise _unavailable(exc) from exc
+        return removed
+
+    def _check_root(self) -> None:
+        # Without its root (an unmounted volume) "no such file" says nothing about the blob.
+        if not self.root.is_dir():
+            raise BackendUnavailable("blob store", "storage directory is missing")
+
+    def ping(self) -> None:
+        """Raise BackendUnavailable unless the root is an existing, writable directory."""
+        self._check_root()
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise BackendUnavailable("blob store", "storage directory is not writable")
+
+
+def _copy(source: BinaryIO, out: io.FileIO) -> int:
+    """Copy source to out in 1 MiB reads; errors of source.read propagate unchanged."""
+    size = 0
+    while True:
+        chunk = source.read(CHUNK_SIZE)
+        if not chunk:
+            return size
+        view = memoryview(chunk)
+        try:
+            while view:  # a raw write may be partial
+                view = view[out.write(view) :]
+        except OSError as exc:
+            raise _unavailable(exc) from exc
+        size += len(chunk)

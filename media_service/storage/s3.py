@@ -1,0 +1,309 @@
+"""Blob store on S3 or an S3-compatible server (MinIO): the production backend.
+
+This is the only module that imports boto3/botocore; it translates their errors into the
+port's exceptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from urllib.parse import unquote, urlsplit
+
+import boto3
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+)
+
+from media_service.settings import ConfigError, Settings
+from media_service.storage.interfaces import (
+    BackendUnavailable,
+    BlobInfo,
+    BlobNotFound,
+    StorageError,
+    StoredBlob,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+CHUNK_SIZE = 1024 * 1024
+PART_SIZE = 8 * 1024 * 1024
+_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+_MISSING = {"NoSuchKey", "NotFound", "404"}
+
+
+def _transfer_config() -> TransferConfig:
+    """Multipart settings whose memory use per upload is bounded (about 5 parts of 8 MiB)."""
+    config = TransferConfig(
+        multipart_threshold=PART_SIZE,
+        multipart_chunksize=PART_SIZE,
+        max_concurrency=4,
+        use_threads=True,
+        preferred_transfer_client="classic",  # never the CRT client: same code path everywhere
+    )
+    # Not an __init__ argument of boto3's TransferConfig, but s3transfer honours it: at most this
+    # many parts read ahead of the network (the default, 10, would allow 80 MiB per upload).
+    config.max_in_memory_upload_chunks = 4
+    return config
+
+
+def _pool_size() -> int:
+    """MEDIA_S3_MAX_POOL_CONNECTIONS: one connection per thread that may talk to S3 at once."""
+    raw = os.environ.get("MEDIA_S3_MAX_POOL_CONNECTIONS", "").strip() or "32"
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"MEDIA_S3_MAX_POOL_CONNECTIONS: expected an integer >= 1, got {raw!r}")
+    return int(raw)
+
+
+def check_key(key: str) -> str:
+    """Return the key if it is a plain server-generated name; raise ValueError otherwise."""
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise ValueError(f"invalid blob key: {key!r}")
+    return key
+
+
+def _translate(exc: Exception, operation: str, key: str | None = None) -> StorageError:
+    """Map a botocore error to BlobNotFound (a missing `key`) or else BackendUnavailable."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "Unknown"))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if key is not None and code in _MISSING:
+            return BlobNotFound(key)
+        return BackendUnavailable("blob store", f"{operation}: {code} (HTTP {status})")
+    # BotoCoreError messages name the endpoint or the failing step, never credentials.
+    return BackendUnavailable("blob store", f"{operation}: {type(exc).__name__}: {exc}"[:300])
+
+
+class _FullReads:
+    """Wrap the caller's source for s3transfer: full-size reads, a byte count, the original error.
+
+    s3transfer decides between one PUT and a multipart upload from the length of a single
+    read(threshold) and then reads the rest with an unbounded read(): a short read from a socket
+    would make it buffer the whole body. So every read(n) here returns n bytes unless at EOF.
+    Having no seek/tell also keeps s3transfer on its non-seekable, bounded-memory path.
+    """
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self.size = 0
+        self.failure: BaseException | None = None
+        self.abandoned: Callable[[], bool] = lambda: False  # has the transfer failed already?
+
+    def read(self, size: int | None = -1) -> bytes:
+        want = -1 if size is None or size < 0 else size
+        parts: list[bytes] = []
+        got = 0
+        while want < 0 or got < want:
+            if self.abandoned():
+                raise _Abandoned()
+            try:
+                chunk = self._source.read(CHUNK_SIZE if want < 0 else want - got)
+            except BaseException as exc:
+                # Kept to be re-raised by put() itself, whatever s3transfer makes of it.
+                self.failure = exc
+                raise _SourceFailed() from exc
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        self.size += got
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _SourceFailed(Exception):
+    """Stands in for the source's own exception inside s3transfer's threads."""
+
+
+class _Abandoned(Exception):
+    """Stops s3transfer reading a source whose upload has already failed."""
+
+
+class S3BlobStream:
+    """The body of a GetObject, in 1 MiB chunks; close() releases the pooled connection."""
+
+    def __init__(self, body: Any | None) -> None:
+        self._body = body  # None for an empty range
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._body is None:
+            return
+        try:
+            yield from _regroup(self._body.iter_chunks(CHUNK_SIZE), CHUNK_SIZE)
+        except BotoCoreError as exc:  # read timeouts and broken connections mid-body
+            raise _translate(exc, "GetObject") from exc
+
+    def close(self) -> None:
+        """Close the body; an unread rest drops the connection instead of reusing it."""
+        if self._body is not None:
+            self._body.close()
+
+    def __enter__(self) -> S3BlobStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _regroup(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Yield chunks of exactly `size` bytes (the last may be shorter) from chunks of any size."""
+    pending = bytearray()
+    for chunk in chunks:
+        if not pending and len(chunk) == size:
+            yield chunk  # the common case: no copy
+            continue
+        pending += chunk
+        while len(pending) >= size:
+            yield bytes(pending[:size])
+            del pending[:size]
+    if pending:
+        yield bytes(pending)
+
+
+class S3BlobStore:
+    """Blobs as objects `<prefix><key>` in one bucket, through one shared boto3 client."""
+
+    store_id = "s3"
+
+    def __init__(self, client: S3Client, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        prefix = prefix.strip("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self._transfer = _transfer_config()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3BlobStore:
+        """Build the store for `s3://bucket[/prefix]`; endpoint and credentials come from boto3."""
+        url = urlsplit(settings.storage_url)
+        session = boto3.session.Session()
+        config = Config(
+            s3={"addressing_style": "path"},
+            # MinIO and other S3 look-alikes reject or mishandle the newer default checksums.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            connect_timeout=settings.backend_timeout,
+            read_timeout=settings.backend_timeout,
+            retries={"max_attempts": 3, "mode": "standard"},
+            max_pool_connections=_pool_size(),
+        )
+        # AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL are honoured by botocore itself.
+        client = session.client("s3", region_name=session.region_name or "us-east-1", config=config)
+        return cls(client, url.netloc, unquote(url.path))
+
+    def close(self) -> None:
+        """Close the client's connection pool."""
+        self.client.close()
+
+    def _object_key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def put(self, key: str, source: BinaryIO) -> StoredBlob:
+        """Stream `source` to S3 (multipart above 8 MiB); leave nothing behind on failure.
+
+        `source.read` is called from s3transfer's worker thread, not the caller's.
+        """
+        object_key = self._object_key(key)
+        reader = _FullReads(source)
+        try:
+            with create_transfer_manager(self.client, self._transfer) as manager:
+                # The cast: s3transfer needs only read(); the stubs ask for a whole IO.
+                future = manager.upload(cast(BinaryIO, reader), self.bucket, object_key)
+                # s3transfer would read the source to its end even after a part failed.
+                reader.abandoned = future.done
+                future.result()
+        except Exception as exc:
+            if reader.failure is None:
+                if not isinstance(exc, BotoCoreError | ClientError):
+                    raise
+                if not isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+                    self._discard(object_key)  # e.g. a completion whose answer timed out
+                raise _translate(exc, "PutObject") from exc
+        if reader.failure is not None:
+            # s3transfer has aborted the multipart upload, nothing was completed. Raised outside
+            # the except clause so that the exception's own __context__ stays untouched.
+            raise reader.failure
+        return StoredBlob(key=key, size=reader.size)
+
+    def _discard(self, object_key: str) -> None:
+        """Best effort: abort open multipart uploads of the key and delete what may be there."""
+        with contextlib.suppress(BotoCoreError, ClientError):
+            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=object_key)
+            for upload in listing.get("Uploads", []):
+                if upload.get("Key") == object_key and "UploadId" in upload:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=object_key, UploadId=upload["UploadId"]
+                    )
+            self.client.delete_object(Bucket=self.bucket, Key=object_key)
+
+    def open(self, key: str, start: int = 0, length: int | None = None) -> S3BlobStream:
+        """Open [start, start+length) with one GetObject (a Range header only for a part)."""
+        if start < 0 or (length is not None and length < 0):
+            raise ValueError("start and length must be >= 0")
+        object_key = self._object_key(key)
+        try:
+            if length == 0:
+                # "bytes=n-(n-1)" is not a valid range: check existence, send nothing.
+                self.client.head_object(Bucket=self.bucket, Key=object_key)
+                return S3BlobStream(None)
+            args: dict[str, Any] = {"Bucket": self.bucket, "Key": object_key}
+            if length is not None:
+                args["Range"] = f"bytes={start}-{start + length - 1}"
+            elif start > 0:
+                args["Range"] = f"bytes={start}-"
+            response = self.client.get_object(**args)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return S3BlobStream(None)  # the range starts at or past the end
+            raise _translate(exc, "GetObject", key) from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, "GetObject") from exc
+        return S3BlobStream(response["Body"])
+
+    def delete(self, key: str) -> None:
+        """Delete the object (S3 answers a missing key with success too)."""
+        object_key = self._object_key(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=object_key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                return
+            raise _translate(exc, "DeleteObject") from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, "DeleteObject") from exc
+
+    def list_blobs(self) -> Iterator[BlobInfo]:
+        """Yield every object directly under the prefix whose name could be a key."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for entry in page.get("Contents", []):
+                    key = entry["Key"][len(self.prefix) :]
+                    if _KEY.fullmatch(key):  # other tenants' "folders" are not ours
+                        modified = entry["LastModified"].astimezone(UTC)
+                        yield BlobInfo(key=key, size=entry["Size"], last_modified=modified)
+        except (BotoCoreError, ClientError) as exc:
+            raise _translate(exc, "ListObjectsV2") from exc
+
+    def ping(self) -> None:
+        """Raise BackendUnavailable unless the bucket answers HeadBucket."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise _translate(exc, "HeadBucket") from exc
