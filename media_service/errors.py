@@ -51,7 +51,9 @@ class ValidationFailed(BadRequest):
     title, slug = "Invalid request parameters", "invalid-parameters"
 
     @classmethod
-    def from_messages(cls, messages: Mapping[str, Any], detail: str | None = None) -> ValidationFailed:
+    def from_messages(
+        cls, messages: Mapping[str, Any], detail: str | None = None
+    ) -> ValidationFailed:
         """Build from marshmallow's {field: [reasons]} (nested dicts are flattened)."""
         params = [{"name": name, "reason": reason} for name, reason in _flatten(messages)]
         names = ", ".join(p["name"] for p in params) or "request"
@@ -182,7 +184,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(BackendUnavailable)
     def _backend(error: BackendUnavailable) -> Response:
         log.warning("backend unavailable: %s", error)
-        return _from_api_error(ServiceUnavailable(f"The {error.port} is not available; retry later."))
+        return _from_api_error(
+            ServiceUnavailable(f"The {error.port} is not available; retry later.")
+        )
 
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Response:

@@ -95,10 +95,14 @@ class Settings:
         st = urlsplit(self.storage_url)
         if st.scheme == "file":
             if not st.path or st.path == "/":
-                raise ConfigError("MEDIA_STORAGE_URL: file URL needs a directory, e.g. file:///srv/media")
+                raise ConfigError(
+                    "MEDIA_STORAGE_URL: file URL needs a directory, e.g. file:///srv/media"
+                )
         elif st.scheme == "s3":
             if not st.netloc:
-                raise ConfigError("MEDIA_STORAGE_URL: s3 URL needs a bucket, e.g. s3://media/prefix")
+                raise ConfigError(
+                    "MEDIA_STORAGE_URL: s3 URL needs a bucket, e.g. s3://media/prefix"
+                )
         else:
             raise ConfigError(
                 f"MEDIA_STORAGE_URL: unsupported scheme {st.scheme!r}; "
@@ -180,5 +184,7 @@ def _optional_base_url(env: Mapping[str, str], name: str) -> str | None:
         return None
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise ConfigError(f"{name}: expected an absolute http(s) URL like https://media.example.com")
+        raise ConfigError(
+            f"{name}: expected an absolute http(s) URL like https://media.example.com"
+        )
     return raw.rstrip("/")

@@ -76,7 +76,11 @@ def _mongomock_moto(settings: Settings) -> Iterator[Backends]:
     import mongomock
     from moto import mock_aws
 
-    from media_service.storage.mongo import MongoCredentialStore, MongoDatabase, MongoMediaRepository
+    from media_service.storage.mongo import (
+        MongoCredentialStore,
+        MongoDatabase,
+        MongoMediaRepository,
+    )
     from media_service.storage.s3 import S3BlobStore
 
     with mock_aws():
@@ -153,7 +157,9 @@ def owner(backends: Backends, rsa_keypair: tuple[str, str]) -> Credentials:
 
 
 @pytest.fixture
-def sibling(backends: Backends, owner: Credentials, second_rsa_keypair: tuple[str, str]) -> Credentials:
+def sibling(
+    backends: Backends, owner: Credentials, second_rsa_keypair: tuple[str, str]
+) -> Credentials:
     """Another application of the owner's account."""
     backends.credentials.add_application(
         Application("app-two", owner.api_key, (second_rsa_keypair[1],))
@@ -185,7 +191,9 @@ def upload(client: FlaskClient) -> Uploader:
     ) -> Any:
         data: dict[str, Any] = {k: v for k, v in fields.items()}
         data[field] = (io.BytesIO(content), filename, content_type)
-        return client.post("/v3/media", data=data, headers=headers, content_type="multipart/form-data")
+        return client.post(
+            "/v3/media", data=data, headers=headers, content_type="multipart/form-data"
+        )
 
     return _upload
 

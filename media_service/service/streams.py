@@ -71,7 +71,7 @@ class FormField:
 
 @dataclass
 class FilePart:
-    """A file part being streamed: read it to EOF (or `drain` it) before asking for the next part."""
+    """A file part being streamed: read it to EOF (or `drain` it) before the next part."""
 
     name: str
     filename: str | None
@@ -125,7 +125,7 @@ class MultipartStream:
             except Exception as error:  # RequestEntityTooLarge: a header or field too big
                 if getattr(error, "code", None) == 413:
                     raise MalformedMultipart(
-                        "A multipart part header or field is too large, or there are too many parts."
+                        "A part header or field is too large, or there are too many parts."
                     ) from None
                 raise
             if isinstance(event, NeedData):
@@ -225,5 +225,7 @@ class CountingInput:
         chunk = self._stream.read(size)
         self.received += len(chunk)
         if self.received > self._limit:
-            raise PayloadTooLarge(f"The request body is larger than the maximum of {self._limit} bytes.")
+            raise PayloadTooLarge(
+                f"The request body is larger than the maximum of {self._limit} bytes."
+            )
         return chunk

@@ -1,1 +1,1 @@
-"""Ports (interfaces.py) and their adapters: files, s3 (blobs); sqlite, mongo (metadata, credentials)."""
+"""Ports (interfaces.py) and adapters: files and s3 for bytes, sqlite and mongo for metadata."""
