@@ -33,8 +33,14 @@ CONTENT_SECURITY_POLICY = "sandbox; default-src 'none'"
         "as a download."
     ),
     responses={
-        "200": {"description": "The content", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
-        "206": {"description": "Part of the content", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+        "200": {
+            "description": "The content",
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        "206": {
+            "description": "Part of the content",
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        },
         "304": {"description": "Not modified"},
         "401": {"description": "Authentication required for a private item"},
         "403": {"description": "Not allowed, or the anonymous download limit is reached"},
@@ -47,7 +53,8 @@ def download(item_id: str) -> Any:
     # Authorisation first: a private item never answers 304 (nor shows its ETag) to strangers.
     principal = optional_principal()
     service = media_service()
-    item = service.get_for_download(principal, item_id)
+    access = service.get_for_download(principal, item_id)
+    item = access.item
 
     representation = Representation(
         etag=item.etag, last_modified=item.time_content_modified, size=item.media_size
@@ -80,12 +87,15 @@ def download(item_id: str) -> Any:
     stream = service.open_content(item, plan.start, plan.length)
     try:
         if plan.status == 200 or plan.start == 0:
-            service.count_download(principal, item)
+            service.count_download(access)
     except BaseException:
         stream.close()
         raise
     response = Response(
-        _body(stream, plan, item.media_size), status=plan.status, headers=headers, direct_passthrough=True
+        _body(stream, plan, item.media_size),
+        status=plan.status,
+        headers=headers,
+        direct_passthrough=True,
     )
     response.headers["Content-Length"] = str(plan.length)
     response.call_on_close(stream.close)
@@ -106,7 +116,9 @@ def _content_headers(item: MediaItem, plan: DownloadPlan) -> dict[str, str]:
     headers = {
         "Content-Type": item.mime_type,
         "Accept-Ranges": "bytes",
-        "Content-Disposition": content_disposition(item.original_file_name or item.id, item.mime_type),
+        "Content-Disposition": content_disposition(
+            item.original_file_name or item.id, item.mime_type
+        ),
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     }

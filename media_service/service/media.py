@@ -64,6 +64,14 @@ class StagedUpload:
     part_content_type: str | None
 
 
+@dataclass(frozen=True)
+class DownloadAccess:
+    """An item a download request may read, and whether the requester owns it."""
+
+    item: MediaItem
+    by_owner: bool
+
+
 class LimitReached(Forbidden):
     slug = "download-limit-reached"
 
@@ -97,19 +105,26 @@ class MediaService:
             raise Forbidden("This media item belongs to another application.")
         return item
 
-    def get_for_download(self, principal: Principal | None, item_id: str) -> MediaItem:
-        """The item if the request may read its content: owners always; anyone for public items
-        until the anonymous download limit is reached."""
-        if principal is not None:
-            return self.get_owned(principal, item_id)
+    def get_for_download(self, principal: Principal | None, item_id: str) -> DownloadAccess:
+        """The item if this request may read its content.
+
+        Owners always may (and are never limited). A public item is open to everyone else too,
+        whatever credentials they send (clients often authenticate every call), until its
+        anonymous download limit is reached.
+        """
         item = self.media.get(item_id)
         if item is None:
             raise NotFound("No media item with that id.")
+        if principal is not None and principal.account_id == item.account_id:
+            if principal.application_id in (None, item.application_id):
+                return DownloadAccess(item, by_owner=True)
         if not item.public:
-            raise Unauthorized("This media item is private: authentication required.")
+            if principal is None:
+                raise Unauthorized("This media item is private: authentication required.")
+            self.get_owned(principal, item_id)  # raises the 404 or 403 of SPEC §2
         if _limit_reached(item):
             raise LimitReached()
-        return item
+        return DownloadAccess(item, by_owner=False)
 
     # ------------------------------------------------------------------ upload
 
@@ -254,9 +269,9 @@ class MediaService:
     def open_content(self, item: MediaItem, start: int, length: int) -> BlobStream:
         return self.blobs.open(item.store_key, start, length)
 
-    def count_download(self, principal: Principal | None, item: MediaItem) -> None:
-        """Count one download; anonymous requests are refused once the limit is reached."""
-        result = self.media.count_download(item.id, enforce_limit=principal is None)
+    def count_download(self, access: DownloadAccess) -> None:
+        """Count one download; all but the owner are refused once the limit is reached."""
+        result = self.media.count_download(access.item.id, enforce_limit=not access.by_owner)
         if result.outcome is CountOutcome.LIMIT_REACHED:
             raise LimitReached()
         if result.outcome is CountOutcome.NOT_FOUND:
