@@ -6,7 +6,8 @@ from tests.conftest import Credentials, Uploader
 
 
 def _public_item(client, owner: Credentials, upload: Uploader, limit: int) -> str:
-    created = upload(owner.basic, b"x" * 10, public="true", max_downloads_allowed=str(limit))
+    """A public item uploaded by the owner's application (so its JWT owns it too)."""
+    created = upload(owner.bearer(), b"x" * 10, public="true", max_downloads_allowed=str(limit))
     assert created.status_code == 201
     return created.get_json()["id"]
 
