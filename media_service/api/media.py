@@ -38,11 +38,26 @@ blp = Blueprint(
 MAX_UPDATE_BODY = 256 * 1024
 ITEM_SCHEMA = MediaItemSchema()
 ERROR_RESPONSES = {
-    "400": {"description": "Invalid request", "content": {"application/problem+json": {"schema": ProblemSchema}}},
-    "401": {"description": "Authentication required or invalid", "content": {"application/problem+json": {"schema": ProblemSchema}}},
-    "403": {"description": "Not allowed for these credentials", "content": {"application/problem+json": {"schema": ProblemSchema}}},
-    "404": {"description": "No such item", "content": {"application/problem+json": {"schema": ProblemSchema}}},
-    "503": {"description": "A backend is unavailable", "content": {"application/problem+json": {"schema": ProblemSchema}}},
+    "400": {
+        "description": "Invalid request",
+        "content": {"application/problem+json": {"schema": ProblemSchema}},
+    },
+    "401": {
+        "description": "Authentication required or invalid",
+        "content": {"application/problem+json": {"schema": ProblemSchema}},
+    },
+    "403": {
+        "description": "Not allowed for these credentials",
+        "content": {"application/problem+json": {"schema": ProblemSchema}},
+    },
+    "404": {
+        "description": "No such item",
+        "content": {"application/problem+json": {"schema": ProblemSchema}},
+    },
+    "503": {
+        "description": "A backend is unavailable",
+        "content": {"application/problem+json": {"schema": ProblemSchema}},
+    },
 }
 
 
@@ -138,7 +153,9 @@ def search(
 
 def _page_href(page_index: int) -> str:
     """A relative link to another page that keeps the caller's query parameters."""
-    params = [(k, v) for k, v in request.args.items(multi=True) if k not in ("page_index", "jwt-token")]
+    params = [
+        (k, v) for k, v in request.args.items(multi=True) if k not in ("page_index", "jwt-token")
+    ]
     params.append(("page_index", str(page_index)))
     return f"{MEDIA_PREFIX}?{urlencode(params)}"
 
@@ -200,7 +217,10 @@ def update(item_id: str) -> Any:
 @blp.route("/<item_id>/info", methods=["DELETE"], endpoint="delete_info")
 @blp.doc(
     summary="Delete a media item",
-    responses={"204": {"description": "Deleted"}, **_errors("400", "401", "403", "404", "503")["responses"]},
+    responses={
+        "204": {"description": "Deleted"},
+        **_errors("400", "401", "403", "404", "503")["responses"],
+    },
 )
 def delete(item_id: str) -> Any:
     principal = required_principal()
@@ -217,11 +237,15 @@ def _read_update_body() -> dict[str, Any]:
     """The update body as a dict, from JSON, urlencoded or multipart; bounded in size."""
     if request.content_length is not None and request.content_length > MAX_UPDATE_BODY:
         raise PayloadTooLarge(f"An update body is limited to {MAX_UPDATE_BODY} bytes.")
-    request.max_content_length = MAX_UPDATE_BODY
+    # Without Content-Length (chunked), Werkzeug stops quietly at the limit: read one byte more
+    # than allowed so an oversize body is refused instead of being parsed cut short.
+    request.max_content_length = MAX_UPDATE_BODY + 1
     request.max_form_memory_size = MAX_UPDATE_BODY
+    raw = request.get_data(cache=True)  # request.form re-parses this cached copy
+    if len(raw) > MAX_UPDATE_BODY:
+        raise PayloadTooLarge(f"An update body is limited to {MAX_UPDATE_BODY} bytes.")
     mimetype = request.mimetype
     if mimetype == "application/json" or mimetype.endswith("+json"):
-        raw = request.get_data(cache=False)
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
@@ -239,7 +263,7 @@ def _read_update_body() -> dict[str, Any]:
         if repeated:
             raise ValidationFailed.from_messages(repeated)
         return form.to_dict()
-    if not mimetype and not request.content_length:
+    if not mimetype and not raw:
         return {}
     raise UnsupportedMediaType(
         "Send the update as application/json, application/x-www-form-urlencoded "

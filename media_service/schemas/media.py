@@ -151,7 +151,9 @@ class LinkSchema(Schema):
 
 
 class LinksSchema(Schema):
-    self_ = fields.Nested(LinkSchema, data_key="self")
+    # The view's dict says `self`; the field keeps a Python-friendly name, so map both ways
+    # (with data_key alone the link was silently dropped from every search response).
+    self_ = fields.Nested(LinkSchema, data_key="self", attribute="self")
     first = fields.Nested(LinkSchema)
     last = fields.Nested(LinkSchema)
     next = fields.Nested(LinkSchema)
