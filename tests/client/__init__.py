@@ -1,0 +1,1 @@
+"""Tests of media_service.client against a live test server."""
