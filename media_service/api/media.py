@@ -26,7 +26,6 @@ from media_service.schemas.media import (
     SearchResultSchema,
     UpdateSchema,
 )
-from media_service.storage.interfaces import MediaItem
 
 blp = Blueprint(
     "media",
@@ -278,7 +277,3 @@ def _load_update(body: dict[str, Any]) -> dict[str, Any]:
         messages = error.messages if isinstance(error.messages, dict) else {"body": error.messages}
         raise ValidationFailed.from_messages(messages) from None
     return changes
-
-
-def item_json(item: MediaItem) -> dict[str, Any]:
-    return ITEM_SCHEMA.dump(item)  # type: ignore[no-any-return]
