@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from media_service.settings import Settings
 from media_service.storage.interfaces import Backends, BlobStore
 
@@ -55,8 +57,34 @@ def _open_blob_store(settings: Settings) -> BlobStore:
 
 def describe(settings: Settings) -> dict[str, str]:
     """The chosen backends, without credentials (for the start-up log line)."""
-    from urllib.parse import urlsplit
+    return {
+        "database": redact_url(settings.database_url),
+        "storage": redact_url(settings.storage_url),
+    }
 
-    db = urlsplit(settings.database_url)
-    database = f"{db.scheme}://{db.hostname or ''}{db.path}" if db.scheme != "sqlite" else settings.database_url
-    return {"database": database, "storage": settings.storage_url}
+
+def redact_url(url: str) -> str:
+    """Scheme, hosts and path of `url`: never user:password, query or fragment.
+
+    The query goes too: MongoDB URLs may carry secrets there (`authMechanismProperties`,
+    `tlsCertificateKeyFilePassword`). What does not parse as plain hosts and a path (say a
+    password with an unescaped "/") is replaced whole rather than guessed at.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<redacted>"
+    if scheme.lower() in ("sqlite", "file"):
+        # A local path: no credentials, and "@" is a legal character in it.
+        return f"{scheme}://{rest.split('?', 1)[0].split('#', 1)[0]}"
+    match = _LOCATION.fullmatch(rest)
+    if match is None:
+        return f"{scheme}://<redacted>"
+    return f"{scheme}://{match['hosts']}{match['path'] or ''}"
+
+
+_HOST = r"(?:[A-Za-z0-9._%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+# [userinfo@]host[:port][,host[:port]...][/path][?query][#fragment]
+_LOCATION = re.compile(
+    rf"(?:[^@/?#]*@)?(?P<hosts>(?:{_HOST}(?:,{_HOST})*)?)(?P<path>/[^@?#]*)?(?:[?#].*)?",
+    re.DOTALL,
+)

@@ -15,6 +15,7 @@ from media_service.api import content, health, media
 from media_service.backends import describe, open_backends
 from media_service.context import AppState, install
 from media_service.errors import register_error_handlers
+from media_service.observability import init_observability, instrument
 from media_service.service.media import MediaService
 from media_service.settings import Settings
 from media_service.storage.interfaces import Backends
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, *, backends: Backends | None = 
             app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n
         )
 
+    backends = instrument(backends)
     install(app, AppState(settings=settings, backends=backends, service=MediaService(backends, settings)))
 
     api = Api(app)
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None, *, backends: Backends | None = 
     app.register_blueprint(health.blp)
     register_error_handlers(app)  # after Api(): replaces smorest's JSON error handler
     _install_request_ids(app)
+    init_observability(app, settings)
 
     log.info("media-service %s ready: %s", __version__, describe(settings))
     return app
