@@ -98,7 +98,6 @@ def download(item_id: str) -> Any:
         direct_passthrough=True,
     )
     response.headers["Content-Length"] = str(plan.length)
-    response.call_on_close(stream.close)
     return response
 
 
@@ -128,16 +127,31 @@ def _content_headers(item: MediaItem, plan: DownloadPlan) -> dict[str, str]:
 
 
 def _body(stream: BlobStream, plan: DownloadPlan, size: int) -> Any:
-    """A sendfile-able file wrapper where the server honours Content-Length, else chunks."""
+    """A sendfile-able file wrapper where the server honours Content-Length, else chunks.
+
+    With direct_passthrough the WSGI server receives this object itself and calls its close()
+    when the response ends or the client goes away, which releases the backend stream.
+    """
     file = getattr(stream, "file", None)
     if file is not None:
         to_eof = plan.start + plan.length == size
         # gunicorn stops at Content-Length (and uses sendfile); other servers need the range to
         # run to the end of the file, since a file wrapper reads until EOF.
         if to_eof or str(request.environ.get("SERVER_SOFTWARE", "")).startswith("gunicorn"):
+            # The server's own wrapper, unwrapped: gunicorn only uses sendfile for an instance
+            # of it. Its close() closes the file, which is all a file blob stream holds.
             return wrap_file(request.environ, file, buffer_size=CHUNK)
-    return _chunks(stream)
+    return _StreamBody(stream)
 
 
-def _chunks(stream: BlobStream) -> Iterator[bytes]:
-    yield from stream
+class _StreamBody:
+    """Iterate a blob stream; close() releases it even if iteration never started."""
+
+    def __init__(self, stream: BlobStream) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._stream)
+
+    def close(self) -> None:
+        self._stream.close()
