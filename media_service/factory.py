@@ -16,6 +16,7 @@ from media_service.backends import describe, open_backends
 from media_service.context import AppState, install
 from media_service.errors import register_error_handlers
 from media_service.observability import init_observability, instrument
+from media_service.schema_guard import SchemaGuard
 from media_service.service.media import MediaService
 from media_service.settings import Settings
 from media_service.storage.interfaces import Backends
@@ -29,7 +30,9 @@ def create_app(settings: Settings | None = None, *, backends: Backends | None = 
     """Build the app; the environment is read only when no settings are given."""
     settings = settings if settings is not None else Settings.from_env()
     settings.validate()
-    backends = backends if backends is not None else open_backends(settings)
+    backends = backends if backends is not None else open_backends(settings, ensure_schema=False)
+    schema = SchemaGuard(backends)
+    schema.try_now()
 
     app = Flask("media_service")
     app.config.update(
@@ -61,7 +64,10 @@ def create_app(settings: Settings | None = None, *, backends: Backends | None = 
         )
 
     backends = instrument(backends)
-    install(app, AppState(settings=settings, backends=backends, service=MediaService(backends, settings)))
+    install(
+        app,
+        AppState(settings=settings, backends=backends, service=MediaService(backends, settings)),
+    )
 
     api = Api(app)
     api.register_blueprint(media.blp)
@@ -69,10 +75,30 @@ def create_app(settings: Settings | None = None, *, backends: Backends | None = 
     app.register_blueprint(health.blp)
     register_error_handlers(app)  # after Api(): replaces smorest's JSON error handler
     _install_request_ids(app)
+    _install_schema_check(app, schema)
     init_observability(app, settings)
 
-    log.info("media-service %s ready: %s", __version__, describe(settings))
+    log.info(
+        "media-service %s started",
+        __version__,
+        extra={"version": __version__, **describe(settings)},
+    )
     return app
+
+
+# Endpoints that must answer while the database is down.
+_NO_DATABASE_ENDPOINTS = frozenset(
+    {"health.healthz", "health.readyz", "observability.prometheus_metrics", "static"}
+)
+
+
+def _install_schema_check(app: Flask, schema: SchemaGuard) -> None:
+    @app.before_request
+    def _schema_ready() -> None:
+        endpoint = request.endpoint or ""
+        if endpoint in _NO_DATABASE_ENDPOINTS or endpoint.startswith(("docs", "api-docs")):
+            return
+        schema.require()
 
 
 def _install_request_ids(app: Flask) -> None:

@@ -47,12 +47,11 @@ def receive_upload(principal: Principal) -> MediaItem:
     boundary = request.mimetype_params.get("boundary", "")
     if not boundary or len(boundary) > 200:
         raise BadRequest("The multipart Content-Type has no valid boundary.")
-    limit = app_state().settings.max_upload_bytes + FORM_OVERHEAD
+    max_bytes = app_state().settings.max_upload_bytes
+    limit = max_bytes + FORM_OVERHEAD
     # Refuse before reading a byte when the client has announced the size.
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"The upload is larger than the maximum of {app_state().settings.max_upload_bytes} bytes."
-        )
+        raise PayloadTooLarge(f"The upload is larger than the maximum of {max_bytes} bytes.")
     body = CountingInput(request.stream, limit)
     form = MultipartStream(body, boundary.encode("latin-1"), file_field_names=FILE_FIELDS)
 
@@ -133,7 +132,9 @@ def _validate_fields(
     if has_file and "url" in fields:
         problems.setdefault("url", []).append("Send either a file or a url, not both.")
     if not has_file and "url" not in fields:
-        problems.setdefault("filedata", []).append("Missing: send the file as 'filedata' or a 'url'.")
+        problems.setdefault("filedata", []).append(
+            "Missing: send the file as 'filedata' or a 'url'."
+        )
     if problems:
         raise ValidationFailed.from_messages(problems)
     return values

@@ -20,8 +20,8 @@ MAX_JSON_INT = 2**31 - 1
 class StrictBoolean(fields.Boolean):
     """JSON booleans, or the form strings true/false/1/0 (nothing else: no 'yes', no 'on')."""
 
-    truthy = {True, "true", "True", "TRUE", "1", 1}
-    falsy = {False, "false", "False", "FALSE", "0", 0}
+    truthy = {True, "true", "True", "TRUE", "1"}
+    falsy = {False, "false", "False", "FALSE", "0"}
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
         if isinstance(value, float):

@@ -125,7 +125,9 @@ class SearchQuerySchema(Schema):
     page_index = fields.Integer(
         load_default=0, strict=False, validate=validate.Range(min=0, max=1_000_000)
     )
-    page_size = fields.Integer(load_default=20, strict=False, validate=validate.Range(min=1, max=100))
+    page_size = fields.Integer(
+        load_default=20, strict=False, validate=validate.Range(min=1, max=100)
+    )
     start_time = IsoDateTime(metadata={"type": "string", "format": "date-time"})
     end_time = IsoDateTime(metadata={"type": "string", "format": "date-time"})
 

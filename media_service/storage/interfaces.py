@@ -229,9 +229,7 @@ class MediaRepository(Protocol):
         """Atomically set `changes` and state READY on a PENDING item; None if not PENDING."""
         ...
 
-    def update(
-        self, item_id: str, changes: dict[str, object], now: datetime
-    ) -> MediaItem | None:
+    def update(self, item_id: str, changes: dict[str, object], now: datetime) -> MediaItem | None:
         """Apply `changes` (keys of UPDATABLE_FIELDS) to a READY item, set time_last_updated=now.
 
         Returns the updated item, or None if no READY item has that id.

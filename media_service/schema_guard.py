@@ -1,0 +1,52 @@
+"""Create tables and indexes at start-up, or as soon as the database answers.
+
+A worker must come up even while the database is down (a crash loop would hide the cause and
+never answer): it then serves /healthz, and every other request first retries the schema set-up
+(at most once per RETRY_SECONDS) and answers 503 while the database stays unreachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from media_service.errors import ServiceUnavailable
+from media_service.storage.interfaces import Backends, BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 2.0
+
+
+class SchemaGuard:
+    """Remembers whether the schema is in place and retries its creation when it is not."""
+
+    def __init__(self, backends: Backends) -> None:
+        self._backends = backends
+        self._lock = threading.Lock()
+        self._ready = False
+        self._last_attempt = 0.0
+
+    def try_now(self) -> bool:
+        """Ensure the schema; log (not raise) when the database is unreachable."""
+        with self._lock:
+            if self._ready:
+                return True
+            self._last_attempt = time.monotonic()
+            try:
+                self._backends.media.ensure_schema()
+                self._backends.credentials.ensure_schema()
+            except BackendUnavailable as error:
+                log.warning("database not ready; will retry: %s", error.detail or error)
+                return False
+            self._ready = True
+            return True
+
+    def require(self) -> None:
+        """Raise 503 unless the schema is in place (retrying now and then)."""
+        if self._ready:
+            return
+        if time.monotonic() - self._last_attempt >= RETRY_SECONDS and self.try_now():
+            return
+        raise ServiceUnavailable("The database is not available; retry later.")

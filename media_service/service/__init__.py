@@ -1,0 +1,1 @@
+"""The service layer: the rules of uploads, downloads, deletes and search."""
