@@ -7,11 +7,11 @@ import re
 import uuid
 
 from flask import Flask, Response, g, request
-from flask_smorest import Api
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from media_service import __version__
 from media_service.api import content, health, media
+from media_service.api.openapi import MediaApi
 from media_service.backends import describe, open_backends
 from media_service.context import AppState, install
 from media_service.errors import register_error_handlers
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, *, backends: Backends | None = 
         AppState(settings=settings, backends=backends, service=MediaService(backends, settings)),
     )
 
-    api = Api(app)
+    api = MediaApi(app)
     api.register_blueprint(media.blp)
     api.register_blueprint(content.blp)
     app.register_blueprint(health.blp)

@@ -30,7 +30,10 @@ class SchemaGuard:
 
     def try_now(self) -> bool:
         """Ensure the schema; log (not raise) when the database is unreachable."""
-        with self._lock:
+        # Never queue behind another thread's attempt: it answers for everyone meanwhile.
+        if not self._lock.acquire(blocking=False):
+            return self._ready
+        try:
             if self._ready:
                 return True
             self._last_attempt = time.monotonic()
@@ -42,6 +45,8 @@ class SchemaGuard:
                 return False
             self._ready = True
             return True
+        finally:
+            self._lock.release()
 
     def require(self) -> None:
         """Raise 503 unless the schema is in place (retrying now and then)."""

@@ -211,9 +211,12 @@ class MediaService:
         self._forget(staged.item_id, staged.store_key)
 
     def _forget(self, item_id: str, store_key: str) -> None:
+        # The document first: if a lost reply hid a successful mark_ready, the item is already
+        # READY, and removing the bytes first could leave it visible without them. A blob left
+        # behind is unreferenced, and the sweeper removes it.
         try:
-            self.blobs.delete(store_key)
             self.media.remove(item_id)
+            self.blobs.delete(store_key)
         except StorageError as error:
             log.warning("cleanup of %s deferred to the sweeper: %s", item_id, error)
 

@@ -79,6 +79,12 @@ class FilePart:
     reader: PartReader
 
 
+class ClientDisconnected(BadRequest):
+    """The client went away (or broke the body off) before the upload was complete."""
+
+    title, slug = "Incomplete request body", "client-disconnected"
+
+
 class MalformedMultipart(BadRequest):
     title, slug = "Malformed multipart body", "malformed-multipart"
 
@@ -222,7 +228,10 @@ class CountingInput:
         self.received = 0
 
     def read(self, size: int = -1, /) -> bytes:
-        chunk = self._stream.read(size)
+        try:
+            chunk = self._stream.read(size)
+        except OSError as error:  # the client reset the connection mid-body (gunicorn: raw socket)
+            raise ClientDisconnected(f"The request body could not be read: {error}") from None
         self.received += len(chunk)
         if self.received > self._limit:
             raise PayloadTooLarge(

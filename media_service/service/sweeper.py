@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 
 from media_service.storage.interfaces import Backends, ItemState, StorageError
@@ -68,5 +68,7 @@ def sweep(backends: Backends, *, now: datetime, grace: timedelta) -> SweepReport
 
     remove_stale_temp = getattr(backends.blobs, "remove_stale_temp", None)
     if remove_stale_temp is not None:
-        remove_stale_temp(max(grace.total_seconds(), 60.0))
+        # The file store ages temp files by the wall clock: a `now` ahead of it shortens the age.
+        ahead = max(0.0, (now - datetime.now(UTC)).total_seconds())
+        remove_stale_temp(max(0.0, grace.total_seconds() - ahead))
     return report
