@@ -38,7 +38,8 @@ fmt: $(STAMP)  ## Format and autofix
 typecheck: $(STAMP)  ## mypy on the package
 	$(BIN)/mypy
 
-bench: $(STAMP)  ## Run the benchmarks and write docs/benchmarks.md
+bench: $(STAMP)  ## Run the benchmarks and write docs/benchmarks.md (installs nginx and wrk with apt)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run_all
 
 clean:  ## Remove .venv and caches (keeps ./var data)
