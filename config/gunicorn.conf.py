@@ -184,3 +184,22 @@ def on_exit(server: object) -> None:
     if getattr(server, "reexec_pid", 0):
         return
     shutil.rmtree(owned, ignore_errors=True)
+
+
+# glibc's malloc raises its mmap threshold dynamically after a large block is freed, so the
+# 8 MiB part buffers of an S3 multipart upload end up in per-thread arenas and stay resident
+# after each upload (measured: +70-90 MiB RSS for one 1 GiB upload). A fixed 1 MiB threshold
+# serves such buffers with mmap and returns them to the OS on free. M_MMAP_THRESHOLD is -3.
+MMAP_THRESHOLD_BYTES = _env_int("GUNICORN_MALLOC_MMAP_THRESHOLD", 1024 * 1024, 0)
+
+
+def post_fork(server: object, worker: object) -> None:
+    if MMAP_THRESHOLD_BYTES <= 0:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass  # not glibc (e.g. musl): nothing to tune

@@ -683,3 +683,26 @@ def test_settings_errors_are_single_lines() -> None:
         with pytest.raises(ConfigError) as excinfo:
             Settings.from_env(env)
         assert "\n" not in str(excinfo.value)
+
+
+def test_post_fork_fixes_mallocs_mmap_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker asks glibc to mmap blocks >= 1 MiB (freed upload buffers leave the process);
+    0 turns the tuning off."""
+    calls: list[tuple[int, int]] = []
+
+    class FakeLibc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    import ctypes
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    conf = load_gunicorn_conf(monkeypatch)
+    conf["post_fork"](None, None)
+    assert calls == [(-3, 1024 * 1024)]
+
+    calls.clear()
+    conf = load_gunicorn_conf(monkeypatch, GUNICORN_MALLOC_MMAP_THRESHOLD="0")
+    conf["post_fork"](None, None)
+    assert calls == []
