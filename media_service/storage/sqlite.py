@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -32,6 +33,7 @@ Params = Mapping[str, Any] | Sequence[Any]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _BATCH = 500  # rows per sweeper page, and bound parameters per IN (...) list
+_MINUTE_MS = 60_000
 
 # Times are INTEGER epoch milliseconds (UTC): they compare and index as plain numbers.
 # The two scope indexes end in (state, time_created, id), so a search is a range scan of one
@@ -70,6 +72,23 @@ CREATE INDEX IF NOT EXISTS media_items_state_time
 CREATE UNIQUE INDEX IF NOT EXISTS media_items_store_key
     ON media_items (store_key);
 
+-- How many READY items each scope has per minute of time_created (floor of epoch ms / 60000),
+-- kept by the triggers of COUNT_TRIGGERS: a search's total sums the whole minutes of its window
+-- from here and counts only its two partial edge minutes in media_items, so its cost grows with
+-- the window's length in minutes, not with the number of items in it. application_id '' stands
+-- for "no application". Rows that fall to 0 stay (at most one per scope and minute).
+CREATE TABLE IF NOT EXISTS media_counts (
+    account_id     TEXT NOT NULL,
+    application_id TEXT NOT NULL DEFAULT '',
+    minute         INTEGER NOT NULL,
+    n              INTEGER NOT NULL,
+    PRIMARY KEY (account_id, application_id, minute)
+) WITHOUT ROWID;
+-- The primary key serves application-scoped sums (an application search also names the
+-- account), and this covering index serves account-scoped sums over every application.
+CREATE INDEX IF NOT EXISTS media_counts_account
+    ON media_counts (account_id, minute, n);
+
 CREATE TABLE IF NOT EXISTS accounts (
     api_key       TEXT PRIMARY KEY,
     secret_salt   BLOB NOT NULL,
@@ -89,6 +108,55 @@ CREATE TABLE IF NOT EXISTS application_public_keys (
     public_key_pem TEXT NOT NULL,
     UNIQUE (application_id, public_key_pem)
 );
+"""
+
+
+def _minute_of(column: str) -> str:
+    """SQL for the floor of `column` / 60000: SQLite's integer division truncates toward zero."""
+    return (
+        f"(CASE WHEN {column} >= 0 THEN {column} / {_MINUTE_MS}"
+        f" ELSE ({column} + 1) / {_MINUTE_MS} - 1 END)"
+    )
+
+
+def _bump(row: str, delta: int) -> str:
+    return (
+        "INSERT INTO media_counts (account_id, application_id, minute, n)"
+        f" VALUES ({row}.account_id, coalesce({row}.application_id, ''),"
+        f" {_minute_of(f'{row}.time_created')}, {delta})"
+        " ON CONFLICT (account_id, application_id, minute) DO UPDATE SET n = n + excluded.n;"
+    )
+
+
+# A trigger runs inside its statement's transaction, so the counts change atomically with the
+# rows: they are exact under any concurrency. The UPDATE triggers fire only for statements that
+# set one of the counted columns; count_download's UPDATE sets none and pays nothing. An UPDATE
+# that leaves a READY item READY in the same minute adds -1 and +1 to the same row.
+COUNT_TRIGGERS: dict[str, str] = {
+    "media_counts_insert": f"""
+CREATE TRIGGER IF NOT EXISTS media_counts_insert AFTER INSERT ON media_items
+WHEN NEW.state = 'ready'
+BEGIN {_bump("NEW", 1)} END""",
+    "media_counts_update_old": f"""
+CREATE TRIGGER IF NOT EXISTS media_counts_update_old
+AFTER UPDATE OF state, time_created, account_id, application_id ON media_items
+WHEN OLD.state = 'ready'
+BEGIN {_bump("OLD", -1)} END""",
+    "media_counts_update_new": f"""
+CREATE TRIGGER IF NOT EXISTS media_counts_update_new
+AFTER UPDATE OF state, time_created, account_id, application_id ON media_items
+WHEN NEW.state = 'ready'
+BEGIN {_bump("NEW", 1)} END""",
+    "media_counts_delete": f"""
+CREATE TRIGGER IF NOT EXISTS media_counts_delete AFTER DELETE ON media_items
+WHEN OLD.state = 'ready'
+BEGIN {_bump("OLD", -1)} END""",
+}
+_COUNT_OBJECTS = ("media_counts", "media_counts_account", *COUNT_TRIGGERS)
+_BACKFILL = f"""
+INSERT INTO media_counts (account_id, application_id, minute, n)
+SELECT account_id, coalesce(application_id, ''), {_minute_of("time_created")}, count(*)
+FROM media_items WHERE state = 'ready' GROUP BY 1, 2, 3
 """
 
 
@@ -185,48 +253,88 @@ class SqliteDatabase:
             # WAL: readers never block the writer, and writers from several processes queue on
             # busy_timeout instead of failing. It needs a local file system (not NFS).
             conn.execute("PRAGMA journal_mode = WAL").fetchall()
-            # FULL fsyncs the WAL on every commit: a 201 or a counted download must survive a
-            # power cut, which NORMAL (durable only at checkpoints) does not promise.
-            conn.execute("PRAGMA synchronous = FULL")
+            # Durability, per statement. In WAL mode NORMAL keeps every commit atomic and
+            # survives a crash of the process (even SIGKILL): a committed transaction is in the
+            # WAL file, which the OS still writes out. Only an OS crash or power loss can lose
+            # the commits since the last WAL fsync. That is accepted for counted downloads, the
+            # hot path (one fsync each would cap them at the disk's fsync rate), and only for
+            # them: every other write (insert, mark_ready, update, mark_deleting, remove,
+            # credentials, schema) runs under `durable=True`, which switches this connection to
+            # FULL around its commit so that it fsyncs the WAL first (and with it any earlier
+            # NORMAL commits): a 201 or a 204 still means on disk.
+            conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def fetch(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        """Run one statement and return all its rows."""
-        with _translated():
-            # Stepping to the end matters: an UPDATE ... RETURNING commits only when finished.
-            return self.connection().execute(sql, params).fetchall()
+    @staticmethod
+    @contextmanager
+    def _synchronous(conn: sqlite3.Connection, durable: bool) -> Iterator[None]:
+        """Commit under synchronous=FULL (fsync of the WAL) if `durable`, else under NORMAL."""
+        if not durable:
+            yield
+            return
+        conn.execute("PRAGMA synchronous = FULL")
+        try:
+            yield
+        finally:
+            # Should this fail, the connection stays at FULL: slower, never less durable.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA synchronous = NORMAL")
 
-    def run(self, sql: str, params: Params = ()) -> int:
-        """Run one statement and return how many rows it changed."""
+    def fetch(self, sql: str, params: Params = (), *, durable: bool = False) -> list[sqlite3.Row]:
+        """Run one statement and return all its rows (see _connect for `durable`)."""
         with _translated():
-            return self.connection().execute(sql, params).rowcount
+            conn = self.connection()
+            with self._synchronous(conn, durable):
+                # Stepping to the end matters: an UPDATE ... RETURNING commits only when finished.
+                return conn.execute(sql, params).fetchall()
+
+    def run(self, sql: str, params: Params = (), *, durable: bool = False) -> int:
+        """Run one statement and return how many rows it changed (see _connect for `durable`)."""
+        with _translated():
+            conn = self.connection()
+            with self._synchronous(conn, durable):
+                return conn.execute(sql, params).rowcount
 
     @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, write: bool, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """Run several statements as one transaction (a consistent snapshot when reading)."""
         with _translated():
             conn = self.connection()
-            # IMMEDIATE takes the write lock up front (waiting on busy_timeout): a deferred
-            # transaction that upgrades later fails at once with SQLITE_BUSY instead of waiting.
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            with self._synchronous(conn, durable):
+                # IMMEDIATE takes the write lock up front (waiting on busy_timeout): a deferred
+                # transaction that upgrades later fails at once with SQLITE_BUSY instead of
+                # waiting.
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
 
     def ensure_schema(self) -> None:
-        """Create the tables and indexes if missing."""
-        with self.transaction(write=True) as conn:
+        """Create the tables, indexes and triggers if missing; fill media_counts if new."""
+        # One write transaction: workers starting together queue on its lock, and only the
+        # first one finds the counts missing, so they are built exactly once. Any missing piece
+        # (a database from before media_counts, or a dropped trigger) rebuilds them from scratch.
+        with self.transaction(write=True, durable=True) as conn:
+            marks = ", ".join("?" * len(_COUNT_OBJECTS))
+            present = conn.execute(
+                f"SELECT count(*) FROM sqlite_schema WHERE name IN ({marks})", _COUNT_OBJECTS
+            ).fetchone()[0]
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            for trigger in COUNT_TRIGGERS.values():
+                conn.execute(trigger)
+            if present < len(_COUNT_OBJECTS):
+                conn.execute("DELETE FROM media_counts")
+                conn.execute(_BACKFILL)
 
     def ping(self) -> None:
         """Raise BackendUnavailable unless the file can be opened and read."""
@@ -251,7 +359,6 @@ _COUNT = """
 UPDATE media_items SET times_downloaded = times_downloaded + 1
 WHERE id = :id AND state = 'ready'
   AND (NOT :enforce OR max_downloads_allowed = 0 OR times_downloaded < max_downloads_allowed)
-RETURNING times_downloaded
 """
 
 
@@ -283,7 +390,7 @@ class SqliteMediaRepository:
         self.db.ensure_schema()
 
     def insert(self, item: MediaItem) -> None:
-        self.db.run(_INSERT, _sql_values(records.item_record(item)))
+        self.db.run(_INSERT, _sql_values(records.item_record(item)), durable=True)
 
     def get(self, item_id: str, *, include_hidden: bool = False) -> MediaItem | None:
         sql = "SELECT * FROM media_items WHERE id = ?"
@@ -314,13 +421,15 @@ class SqliteMediaRepository:
         rows = self.db.fetch(
             f"UPDATE media_items SET {assignments} WHERE id = :_id AND state = :_from RETURNING *",
             params,
+            durable=True,
         )
         return _item(rows[0]) if rows else None
 
     def count_download(self, item_id: str, *, enforce_limit: bool) -> CountResult:
-        rows = self.db.fetch(_COUNT, {"id": records.require_id(item_id), "enforce": enforce_limit})
-        if rows:
-            return CountResult(CountOutcome.COUNTED, rows[0][0])
+        # Not durable, and without RETURNING (times_downloaded stays None): see _connect.
+        changed = self.db.run(_COUNT, {"id": records.require_id(item_id), "enforce": enforce_limit})
+        if changed:
+            return CountResult(CountOutcome.COUNTED)
         # Nothing was counted; this read only picks which refusal to report.
         ready = self.db.fetch(
             "SELECT 1 FROM media_items WHERE id = ? AND state = 'ready'", (item_id,)
@@ -329,15 +438,18 @@ class SqliteMediaRepository:
 
     def remove(self, item_id: str) -> bool:
         return (
-            self.db.run("DELETE FROM media_items WHERE id = ?", (records.require_id(item_id),)) > 0
+            self.db.run(
+                "DELETE FROM media_items WHERE id = ?", (records.require_id(item_id),), durable=True
+            )
+            > 0
         )
 
     def search(self, query: SearchQuery) -> SearchPage:
         where, params = search_filter(query)
         order = "ASC" if query.ascending else "DESC"
+        total_sql, total_params = search_total(query)
         with self.db.transaction(write=False) as conn:  # page and total from one snapshot
-            total = conn.execute(f"SELECT count(*) FROM media_items WHERE {where}", params)
-            count = int(total.fetchone()[0])
+            count = int(conn.execute(total_sql, total_params).fetchone()[0])
             rows = conn.execute(
                 f"SELECT * FROM media_items WHERE {where}"
                 f" ORDER BY time_created {order}, id {order} LIMIT :limit OFFSET :offset",
@@ -386,10 +498,9 @@ class SqliteMediaRepository:
         self.db.ping()
 
 
-def search_filter(query: SearchQuery) -> tuple[str, dict[str, object]]:
-    """The WHERE clause and parameters selecting a search's matches."""
-    start, end = records.check_query(query)
-    params: dict[str, object] = {"account_id": query.scope.account_id, "start": to_ms(start)}
+def _scope_filter(query: SearchQuery) -> tuple[list[str], dict[str, object]]:
+    """The WHERE clauses and parameters selecting a search scope's READY items."""
+    params: dict[str, object] = {"account_id": query.scope.account_id}
     if query.scope.application_id is None:
         clauses = ["account_id = :account_id"]
     else:
@@ -397,11 +508,65 @@ def search_filter(query: SearchQuery) -> tuple[str, dict[str, object]]:
         # The unary + stops the planner using account_id for the lookup, so it always walks
         # the application's index instead of every item of the account.
         clauses = ["application_id = :application_id", "+account_id = :account_id"]
-    clauses += ["state = 'ready'", "time_created >= :start"]
+    return [*clauses, "state = 'ready'"], params
+
+
+def search_filter(query: SearchQuery) -> tuple[str, dict[str, object]]:
+    """The WHERE clause and parameters selecting a search's matches."""
+    start, end = records.check_query(query)
+    clauses, params = _scope_filter(query)
+    params["start"] = to_ms(start)
+    clauses.append("time_created >= :start")
     if end is not None:
         params["end"] = to_ms(end)
         clauses.append("time_created <= :end")
     return " AND ".join(clauses), params
+
+
+def search_total(query: SearchQuery) -> tuple[str, dict[str, object]]:
+    """One statement counting a search's matches without walking all of them.
+
+    The window's whole minutes are summed from media_counts; only its partial first and last
+    minutes are counted in media_items, through the scope's index. Without an end, every minute
+    from the first whole one on is summed. Ranges: [start, first minute) counted, [first minute,
+    end of last minute] summed, (end of last minute, end] counted; each partial one is empty when
+    its bound falls on a minute's edge.
+    """
+    where, params = search_filter(query)
+    start_ms, end_ms = records.check_query(query)
+    start = to_ms(start_ms)
+    end = None if end_ms is None else to_ms(end_ms)
+    first = -(-start // _MINUTE_MS)  # the first minute starting at or after `start`
+    last = None if end is None else (end + 1) // _MINUTE_MS - 1  # the last ending by `end`
+    if query.scope.application_id == "" or (last is not None and last < first):
+        # No whole minute inside (at most two partial minutes, or an empty window), or a scope
+        # that media_counts cannot tell apart ('' is its "no application"): count the plain way.
+        return f"SELECT count(*) FROM media_items WHERE {where}", params
+    scope, params = _scope_filter(query)
+    counted = " AND ".join(scope)
+    summed = "account_id = :account_id"
+    if query.scope.application_id is not None:
+        summed += " AND application_id = :application_id"
+    params |= {"start": start, "head_end": first * _MINUTE_MS - 1, "first": first}
+    parts = [
+        f"(SELECT count(*) FROM media_items WHERE {counted}"
+        " AND time_created BETWEEN :start AND :head_end)",
+    ]
+    if last is None:
+        parts.append(
+            f"(SELECT coalesce(sum(n), 0) FROM media_counts WHERE {summed} AND minute >= :first)"
+        )
+    else:
+        params |= {"last": last, "tail_start": (last + 1) * _MINUTE_MS, "end": end}
+        parts.append(
+            f"(SELECT coalesce(sum(n), 0) FROM media_counts WHERE {summed}"
+            " AND minute BETWEEN :first AND :last)"
+        )
+        parts.append(
+            f"(SELECT count(*) FROM media_items WHERE {counted}"
+            " AND time_created BETWEEN :tail_start AND :end)"
+        )
+    return "SELECT " + " + ".join(parts), params
 
 
 # --------------------------------------------------------------------------- credentials
@@ -430,6 +595,7 @@ class SqliteCredentialStore:
                 bytes(account.secret_digest),
                 bool(account.enabled),
             ),
+            durable=True,
         )
 
     def get_account(self, api_key: str) -> Account | None:
@@ -449,7 +615,7 @@ class SqliteCredentialStore:
     def add_application(self, application: Application) -> None:
         app_id = records.require_id(application.application_id, "application_id")
         keys = records.unique_keys(application.public_keys)
-        with self.db.transaction(write=True) as conn:
+        with self.db.transaction(write=True, durable=True) as conn:
             conn.execute(
                 "INSERT INTO applications (application_id, api_key, enabled) VALUES (?, ?, ?)",
                 (app_id, records.require_id(application.api_key, "api_key"), application.enabled),
@@ -483,7 +649,7 @@ class SqliteCredentialStore:
     def add_public_key(self, application_id: str, public_key_pem: str) -> bool:
         app_id = records.require_id(application_id, "application_id")
         records.require_id(public_key_pem, "public_key_pem")
-        with self.db.transaction(write=True) as conn:
+        with self.db.transaction(write=True, durable=True) as conn:
             if (
                 conn.execute(
                     "SELECT 1 FROM applications WHERE application_id = ?", (app_id,)
