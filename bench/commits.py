@@ -1,8 +1,9 @@
 """What a counted download costs the database: evidence for items 5 and 7.
 
-Every counted download is one SQLite transaction (the conditional UPDATE ... RETURNING), and the
-service opens its connections with `synchronous = FULL`, so each one waits for an fsync of the
-WAL. Two probes, run on the disk the service's data directory is on:
+Every counted download is one SQLite transaction (the conditional UPDATE). The service commits
+counts with `synchronous = NORMAL` (WAL: durable at the next checkpoint; a process crash loses
+nothing) and its other writes with FULL (an fsync of the WAL each). Two probes, run on the disk
+the service's data directory is on:
 
 * the latency of a 4 KiB write + fsync, which bounds serial commits per second;
 * the repository's own `count_download` in a loop, on the service's own connection settings,
@@ -93,8 +94,8 @@ def evidence(directory: Path) -> tuple[str, dict[str, float]]:
     text = (
         f"On this disk a 4 KiB write + fsync takes p50 {p50:.2f} ms / p95 {p95:.2f} ms "
         f"(at most ~{1000 / p50:,.0f} serial commits/s). The repository's count_download() "
-        f"alone, serially in one thread: {rates['FULL']:,.0f}/s with the service's "
-        f"synchronous=FULL, {rates['NORMAL']:,.0f}/s with synchronous=NORMAL on the same "
-        "connection."
+        f"alone, serially in one thread: {rates['FULL']:,.0f}/s with synchronous=FULL, "
+        f"{rates['NORMAL']:,.0f}/s with synchronous=NORMAL (the service's setting for counts) "
+        "on the same connection."
     )
     return text, rates

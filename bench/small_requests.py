@@ -94,8 +94,8 @@ def run(ctx: RunContext) -> list[Figure]:
             "metrics, headers) costs about as much as the handler (profile below)."
         )
         figures[1].bound = (
-            "the counted download's commit: every download is one SQLite transaction opened with "
-            f"synchronous=FULL, i.e. one WAL fsync. count_download() alone manages "
+            "the counted download's commit: every download is one SQLite transaction (WAL, "
+            f"synchronous=NORMAL: no fsync per count). count_download() alone manages "
             f"{rates['FULL']:,.0f}/s serially with FULL and {rates['NORMAL']:,.0f}/s with NORMAL "
             f"(x{rates['NORMAL'] / rates['FULL']:.0f}); on top comes the per-request overhead "
             "that also bounds GET /info."
