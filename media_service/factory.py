@@ -104,8 +104,10 @@ def _install_schema_check(app: Flask, schema: SchemaGuard) -> None:
 def _install_request_ids(app: Flask) -> None:
     @app.before_request
     def _assign_request_id() -> None:
-        incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        incoming = request.environ.get("HTTP_X_REQUEST_ID")  # request.headers, minus its lookups
+        g.request_id = (
+            incoming if incoming is not None and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        )
 
     @app.after_request
     def _echo_request_id(response: Response) -> Response:

@@ -18,13 +18,14 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import parse_qsl, urlencode
 
 from flask import Response, g, request
 
 from media_service.errors import PROBLEM_JSON, PROBLEM_TYPE_BASE
-from media_service.observability.metrics import metrics
+from media_service.observability.logging import log_fields
+from media_service.observability.metrics import http_children, metrics
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -39,7 +40,7 @@ _SECRET_QUERY_PARAMETERS = frozenset({"jwt-token"})
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     """What is known about one request and its response, filled in as it goes."""
 
@@ -89,15 +90,15 @@ class Exchange:
             "remote_addr": self.remote_addr,
             "user_agent": self.user_agent,
         }
-        access_log.info("%s %s %s", self.method, self.path, status, extra=fields)
+        log_fields(access_log, f"{self.method} {self.path} {status}", fields)
 
-        family = metrics()
         method = self.method if self.method in _METHODS else "other"
-        route = self.route or UNMATCHED_ROUTE
-        family.requests.labels(method, route, str(status)).inc()
-        family.request_duration.labels(method, route, str(status)).observe(duration)
-        family.request_body_bytes.labels(method, route).inc(self.bytes_in)
-        family.response_body_bytes.labels(method, route).inc(self.bytes_out)
+        children = http_children(method, self.route or UNMATCHED_ROUTE, status)
+        children.requests.inc()
+        children.request_duration.observe(duration)
+        children.request_body_bytes.inc(self.bytes_in)
+        children.response_body_bytes.inc(self.bytes_out)
+        family = metrics()
         if self.problem == LIMIT_REACHED:
             family.download_limit_refusals.inc()
         family.requests_in_progress.dec()
@@ -144,21 +145,27 @@ class AccessMiddleware:
 
 def capture(response: Response) -> Response:
     """After-request hook: record what only Flask knows about this request."""
-    exchange: Exchange | None = request.environ.get(EXCHANGE_KEY)
+    req = cast(Any, request)._get_current_object()  # one context lookup, not one per attribute
+    environ = req.environ
+    exchange: Exchange | None = environ.get(EXCHANGE_KEY)
     if exchange is None:  # the app is being called without AccessMiddleware
         return response
-    if not g.get("request_id"):
+    ctx_g = cast(Any, g)._get_current_object()
+    request_id = getattr(ctx_g, "request_id", None)
+    if not request_id:
         # The factory's hook echoes g.request_id; make sure the log and the header agree.
-        g.request_id = uuid.uuid4().hex
-    exchange.request_id = g.request_id
-    exchange.route = request.url_rule.rule if request.url_rule is not None else None
-    exchange.path = request.path[:2048]
+        request_id = ctx_g.request_id = uuid.uuid4().hex
+    exchange.request_id = request_id
+    rule = req.url_rule
+    exchange.route = rule.rule if rule is not None else None
+    exchange.path = req.path[:2048]
     exchange.status = response.status_code  # provisional: start_response has the last word
-    principal = g.get("principal")
-    exchange.account_id = getattr(principal, "account_id", None)
-    exchange.application_id = getattr(principal, "application_id", None)
-    exchange.remote_addr = request.remote_addr
-    exchange.user_agent = request.user_agent.string[:256] or None
+    principal = getattr(ctx_g, "principal", None)
+    if principal is not None:
+        exchange.account_id = getattr(principal, "account_id", None)
+        exchange.application_id = getattr(principal, "application_id", None)
+    exchange.remote_addr = environ.get("REMOTE_ADDR")  # what request.remote_addr reads
+    exchange.user_agent = environ.get("HTTP_USER_AGENT", "")[:256] or None
     exchange.streamed = response.is_streamed
     exchange.problem = _problem_slug(response)
     return response
@@ -175,7 +182,9 @@ def safe_query(query: str) -> str | None:
 
 def _problem_slug(response: Response) -> str | None:
     """`download-limit-reached` for a problem+json body of that type, and so on."""
-    if response.mimetype != PROBLEM_JSON or response.is_streamed:
+    # response.mimetype, without parsing the parameters
+    mimetype = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    if mimetype != PROBLEM_JSON or response.is_streamed:
         return None
     try:
         problem = json.loads(response.get_data())

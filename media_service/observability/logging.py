@@ -3,15 +3,23 @@
 Every record carries `timestamp`, `level`, `logger` and `message`, plus whatever the caller passed
 as `extra=` (the access log's fields, for instance) and the request id when it is logged while a
 request is being handled.
+
+The access log writes one line per request, so it has a fast path, `log_fields`: when the line
+would reach only our stdout handler (the usual case; not under pytest's caplog, say, or with a
+handler an operator added) it is rendered with one `json.dumps` and written straight away, the
+same line the formatter would have written, without building a LogRecord.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import sys
-from datetime import UTC, datetime
-from typing import TextIO
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO, TypeGuard
 
 from flask import g, has_request_context
 from pythonjsonlogger.json import JsonFormatter
@@ -47,8 +55,21 @@ class JsonLineFormatter(JsonFormatter):
         super().__init__(list(_FIELDS), rename_fields=dict(_RENAMED))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        stamp = datetime.fromtimestamp(record.created, tz=UTC)
-        return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_millis(record.created)
+
+
+_second: tuple[int, str] = (-1, "")
+
+
+def iso_millis(created: float) -> str:
+    """`created` (a time.time() value) as 2020-01-01T14:00:00.123Z (truncated to the ms)."""
+    global _second
+    whole = int(created)
+    cached, prefix = _second
+    if cached != whole:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, prefix)
+    return f"{prefix}.{int((created - whole) * 1000):03d}Z"
 
 
 class _StdoutHandler(logging.StreamHandler[TextIO]):
@@ -93,6 +114,87 @@ class _ScrubFilter(logging.Filter):
         return True
 
 
+_OUR_FILTERS = (_RequestIdFilter, _ScrubFilter)
+
+
+def _writes_directly(handler: logging.Handler) -> TypeGuard[_StdoutHandler]:
+    """Whether `handler` is our stdout handler as configure_logging set it up."""
+    return (
+        type(handler) is _StdoutHandler
+        and type(handler.formatter) is JsonLineFormatter
+        and tuple(type(f) for f in handler.filters) == _OUR_FILTERS
+    )
+
+
+def log_fields(logger: logging.Logger, message: str, fields: Mapping[str, Any]) -> None:
+    """Log `message` at INFO from `logger`, with `fields` as the record's extra attributes.
+
+    For records whose every field is already safe to log (the access log's: its query has lost
+    `jwt-token`). Our stdout handler gets the line its formatter would have written (timestamp,
+    level, logger, message, pid, then `fields` in order) from one `json.dumps`, without the
+    secret scrub; any other handler on the way (pytest's caplog, an operator's) gets an ordinary
+    LogRecord, as `logger.info` would have given it.
+    """
+    level = logging.INFO
+    if logger.disabled or not logger.isEnabledFor(level):
+        return
+    handlers: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        handlers.extend(current.handlers)
+        current = current.parent if current.propagate else None
+    if logger.filters or not handlers:  # logging's own path: filters, or its last resort
+        logger.info("%s", message, extra=fields)
+        return
+    record: logging.LogRecord | None = None
+    line: str | None = None
+    for handler in handlers:
+        if level < handler.level:
+            continue
+        if _writes_directly(handler):
+            if line is None:
+                line = json.dumps(
+                    {
+                        "timestamp": iso_millis(time.time()),
+                        "level": "INFO",
+                        "logger": logger.name,
+                        "message": message,
+                        "pid": os.getpid(),
+                        **fields,
+                    },
+                    default=str,
+                )
+            _write(handler, line)
+        else:
+            if record is None:
+                caller = sys._getframe(1)  # what logger.info's findCaller would name
+                record = logger.makeRecord(
+                    logger.name,
+                    level,
+                    caller.f_code.co_filename,
+                    caller.f_lineno,
+                    "%s",
+                    (message,),
+                    None,
+                    func=caller.f_code.co_name,
+                    extra=dict(fields),
+                )
+            handler.handle(record)
+
+
+def _write(handler: _StdoutHandler, line: str) -> None:
+    """StreamHandler.emit, for a line already formatted."""
+    handler.acquire()
+    try:
+        stream = handler.stream
+        stream.write(line + handler.terminator)
+        stream.flush()
+    except Exception:  # as emit would: report on stderr, never raise into the request
+        handler.handleError(logging.makeLogRecord({"msg": line}))
+    finally:
+        handler.release()
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send every log record to stdout as one JSON line; safe to call again (one handler)."""
     root = logging.getLogger()
@@ -100,8 +202,8 @@ def configure_logging(level: str = "INFO") -> None:
     if not ours:
         handler = _StdoutHandler()
         handler.setFormatter(JsonLineFormatter())
-        handler.addFilter(_RequestIdFilter())
-        handler.addFilter(_ScrubFilter())
+        for kind in _OUR_FILTERS:
+            handler.addFilter(kind())
         root.addHandler(handler)
     for extra in ours[1:]:  # a copy of this module loaded twice, say: keep exactly one
         root.removeHandler(extra)

@@ -52,6 +52,38 @@ def metrics() -> Metrics:
     return _metrics
 
 
+@dataclass(frozen=True, slots=True)
+class HttpChildren:
+    """The labelled children one (method, route, status) observes: bound once, then reused."""
+
+    requests: Counter
+    request_duration: Histogram
+    request_body_bytes: Counter
+    response_body_bytes: Counter
+
+
+# (method, route, status) -> its children. `labels()` validates and hashes its arguments and takes
+# a lock on every call; the key space is small (methods x URL rules x statuses).
+_http_children: dict[tuple[str, str, int], HttpChildren] = {}
+
+
+def http_children(method: str, route: str, status: int) -> HttpChildren:
+    """The request metrics' children for these labels (method and route already normalised)."""
+    key = (method, route, status)
+    children = _http_children.get(key)
+    if children is None:
+        family = metrics()
+        code = str(status)
+        children = HttpChildren(
+            requests=family.requests.labels(method, route, code),
+            request_duration=family.request_duration.labels(method, route, code),
+            request_body_bytes=family.request_body_bytes.labels(method, route),
+            response_body_bytes=family.response_body_bytes.labels(method, route),
+        )
+        _http_children[key] = children
+    return children
+
+
 def _create() -> Metrics:
     from prometheus_client import Counter, Gauge, Histogram
 

@@ -46,11 +46,13 @@ def _wrap(target: T, port: str) -> T:
 class InstrumentedPort:
     """A proxy for one adapter that records each public method call in the backend metrics."""
 
-    __slots__ = ("_port", "_target")
+    __slots__ = ("_port", "_target", "_timed")
 
     def __init__(self, target: object, port: str) -> None:
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_port", port)
+        # name -> (the function behind it, its timed wrapper): built on first use, not per call
+        object.__setattr__(self, "_timed", {})
 
     @property
     def wrapped(self) -> object:
@@ -61,7 +63,15 @@ class InstrumentedPort:
         value = getattr(self._target, name)
         if name.startswith("_") or not _is_operation(value, self._target):
             return value
-        return _timed(self._port, name, value)
+        # A bound method is new on every read; what it calls is not, unless it was replaced
+        # (a test's monkeypatch), and then so is the wrapper.
+        function = getattr(value, "__func__", value)
+        cached = self._timed.get(name)
+        if cached is not None and cached[0] is function:
+            return cached[1]
+        timed = _timed(self._port, name, value)
+        self._timed[name] = (function, timed)
+        return timed
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Through to the adapter, so that configuring (or monkeypatching) the proxy configures
@@ -88,6 +98,8 @@ def _is_operation(value: object, target: object) -> bool:
 
 
 def _timed(port: str, operation: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    duration = metrics().backend_duration.labels(port, operation)  # bound once, not per call
+
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
         started = perf_counter()
@@ -99,7 +111,7 @@ def _timed(port: str, operation: str, method: Callable[..., Any]) -> Callable[..
         if isinstance(result, types.GeneratorType):
             # A generator does its backend work as it is iterated, not when it is created.
             return _timed_generator(result, port, operation, perf_counter() - started)
-        _observe(port, operation, perf_counter() - started, None)
+        duration.observe(perf_counter() - started)
         return result
 
     call.__instrumented__ = method  # type: ignore[attr-defined]

@@ -6,13 +6,15 @@ import io
 import itertools
 import json
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from media_service.api.media import ITEM_SCHEMA, item_json
+from media_service.storage.interfaces import MediaItem
 from tests.api.media_api_support import (
     ISO_MILLIS_Z,
     ITEM_FIELDS,
@@ -81,6 +83,66 @@ def test_info_has_every_field(
     assert ISO_MILLIS_Z.match(body["time_last_updated"])
     # UUIDs are case-insensitive: the upper-case spelling names the same item.
     assert info(client, item["id"].upper(), owner.basic) == item
+
+
+PLUS_FIVE = timezone(timedelta(hours=5))
+
+
+def _item(**overrides: Any) -> MediaItem:
+    fields: dict[str, Any] = {
+        "id": "0b7c3a2e-8a55-4a4f-9a57-6b1b8f0f6f01",
+        "account_id": "acct0001",
+        "application_id": None,
+        "original_file_name": "hello.wav",
+        "mime_type": "audio/wav",
+        "store_id": "file",
+        "store_key": "0b7c3a2e-8a55-4a4f-9a57-6b1b8f0f6f01",
+        "store_meta_params": {},
+        "max_downloads_allowed": 0,
+        "times_downloaded": 0,
+        "etag": "0" * 32,
+        "media_size": 0,
+        "time_created": datetime(2020, 1, 1, 14, 0, tzinfo=UTC),
+        "time_last_updated": datetime(2020, 1, 1, 14, 0, tzinfo=UTC),
+        "time_content_modified": datetime(2020, 1, 1, 14, 0, tzinfo=UTC),
+        "public": False,
+    }
+    fields.update(overrides)
+    return MediaItem(**fields)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        _item(),
+        _item(
+            application_id="app-one",
+            store_id="s3",
+            store_meta_params={"sha256": "abc", "filesize": "3", "ünï": "cødé"},
+            max_downloads_allowed=5,
+            times_downloaded=2,
+            media_size=3 * 1024**3,
+            time_created=datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+            time_last_updated=datetime(
+                2030, 6, 1, 2, 3, 4, 5000, tzinfo=timezone(timedelta(hours=5))
+            ),
+            public=True,
+            metadata_primary='{"k": 1}',
+            metadata_secondary="",
+            title="T\u00e9\nline",
+            description="d" * 5000,
+            source_url="https://example.com/a?b=c",
+        ),
+    ],
+    ids=["minimal", "everything-set"],
+)
+def test_info_json_is_the_schema_dump(item: MediaItem) -> None:
+    """GET /info's hand-written serialiser agrees with MediaItemSchema, keys in the same order."""
+    expected = ITEM_SCHEMA.dump(item)
+    built = item_json(item)
+    assert built == expected
+    assert list(built) == list(expected)
+    assert json.dumps(built) == json.dumps(expected)
 
 
 BAD_ID_CASES = [

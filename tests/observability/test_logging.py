@@ -21,7 +21,7 @@ from werkzeug.test import EnvironBuilder
 from media_service.backends import describe, redact_url
 from media_service.observability import configure_logging
 from media_service.observability.access import safe_query
-from media_service.observability.logging import scrub
+from media_service.observability.logging import JsonLineFormatter, scrub
 from media_service.settings import Settings
 from tests.conftest import Credentials, Uploader
 from tests.observability.support import LogLines, access_lines
@@ -393,3 +393,42 @@ def test_sendfile_downloads_count_what_left_and_see_a_disconnect(
     body.close()
     (line,) = access_lines(log_lines())
     assert line["status"] == 206 and line["bytes_out"] == 1_000_000 == line["response_length"]
+
+
+def test_access_lines_skip_the_formatter_and_still_reach_other_handlers(
+    client: FlaskClient, log_lines: LogLines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Access lines are written straight to stdout; other handlers still get a LogRecord."""
+    formatted: list[str] = []
+    original_format = JsonLineFormatter.format
+
+    def format(self: JsonLineFormatter, record: logging.LogRecord) -> str:
+        formatted.append(record.name)
+        return original_format(self, record)
+
+    monkeypatch.setattr(JsonLineFormatter, "format", format)
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    access = logging.getLogger("media_service.access")
+    keep = Keep()
+    access.addHandler(keep)
+    log_lines()
+    try:
+        with client.get("/healthz?x=1") as response:
+            assert response.status_code == 200
+    finally:
+        access.removeHandler(keep)
+
+    (line,) = access_lines(log_lines())
+    assert "media_service.access" not in formatted  # the fast path wrote it
+    assert set(line) == ACCESS_FIELDS
+    assert ISO_MILLIS_Z.match(line["timestamp"]) and line["pid"] == os.getpid()
+    assert line["message"] == "GET /healthz 200" and line["query"] == "x=1"
+    (record,) = seen
+    assert record.getMessage() == line["message"] and record.levelno == logging.INFO
+    extra = ACCESS_FIELDS - {"timestamp", "level", "logger", "message", "pid"}
+    assert {k: getattr(record, k) for k in extra} == {k: line[k] for k in extra}
