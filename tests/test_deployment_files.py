@@ -686,7 +686,7 @@ def test_settings_errors_are_single_lines() -> None:
 
 
 def test_post_fork_fixes_mallocs_mmap_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each worker asks glibc to mmap blocks >= 1 MiB (freed upload buffers leave the process);
+    """Each worker asks glibc to mmap blocks >= 4 MiB (freed upload buffers leave the process);
     0 turns the tuning off."""
     calls: list[tuple[int, int]] = []
 
@@ -700,7 +700,7 @@ def test_post_fork_fixes_mallocs_mmap_threshold(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
     conf = load_gunicorn_conf(monkeypatch)
     conf["post_fork"](None, None)
-    assert calls == [(-3, 1024 * 1024)]
+    assert calls == [(-3, 4 * 1024 * 1024)]
 
     calls.clear()
     conf = load_gunicorn_conf(monkeypatch, GUNICORN_MALLOC_MMAP_THRESHOLD="0")
