@@ -26,7 +26,6 @@ from pymongo.errors import (
 from media_service.settings import Settings
 from media_service.storage import records
 from media_service.storage.interfaces import (
-    UPDATABLE_FIELDS,
     Account,
     AlreadyExists,
     Application,
@@ -169,7 +168,7 @@ def _item(doc: Mapping[str, Any]) -> MediaItem:
     return records.item_from_record({**doc, "id": doc["_id"]})
 
 
-class MongoMediaRepository:
+class MongoMediaRepository(records.StateTransitions):
     """MediaRepository on MongoDB: one document per item, `_id` = item id."""
 
     def __init__(self, db: MongoDatabase, collection: str = "media_items") -> None:
@@ -211,18 +210,6 @@ class MongoMediaRepository:
         with _translated():
             doc = self._items.find_one(query)
         return None if doc is None else _item(doc)
-
-    def mark_ready(self, item_id: str, changes: dict[str, object]) -> MediaItem | None:
-        values = records.change_record(changes, records.READY_FIELDS) | {"state": "ready"}
-        return self._update_one(item_id, "pending", values)
-
-    def update(self, item_id: str, changes: dict[str, object], now: datetime) -> MediaItem | None:
-        values = records.change_record(changes, UPDATABLE_FIELDS)
-        values["time_last_updated"] = records.utc_ms(now, "now")
-        return self._update_one(item_id, "ready", values)
-
-    def mark_deleting(self, item_id: str) -> MediaItem | None:
-        return self._update_one(item_id, "ready", {"state": "deleting"})
 
     def _update_one(
         self, item_id: str, from_state: str, values: Mapping[str, object]

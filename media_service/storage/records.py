@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 from media_service.storage.interfaces import (
+    UPDATABLE_FIELDS,
     ItemState,
     MediaItem,
     SearchQuery,
@@ -142,3 +143,29 @@ def unique_keys(keys: Iterable[str]) -> list[str]:
         if key not in result:
             result.append(key)
     return result
+
+
+class StateTransitions:
+    """mark_ready, update and mark_deleting, for repositories that implement `_update_one`.
+
+    Each transition is one conditional update on the item's current state, so two requests
+    racing (a delete and an update, say) can never both win.
+    """
+
+    def _update_one(
+        self, item_id: str, from_state: str, values: Mapping[str, object]
+    ) -> MediaItem | None:
+        """Set `values` on the item if it is in `from_state`; return it as updated."""
+        raise NotImplementedError
+
+    def mark_ready(self, item_id: str, changes: dict[str, object]) -> MediaItem | None:
+        values = change_record(changes, READY_FIELDS) | {"state": "ready"}
+        return self._update_one(item_id, "pending", values)
+
+    def update(self, item_id: str, changes: dict[str, object], now: datetime) -> MediaItem | None:
+        values = change_record(changes, UPDATABLE_FIELDS)
+        values["time_last_updated"] = utc_ms(now, "now")
+        return self._update_one(item_id, "ready", values)
+
+    def mark_deleting(self, item_id: str) -> MediaItem | None:
+        return self._update_one(item_id, "ready", {"state": "deleting"})

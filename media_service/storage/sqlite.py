@@ -16,7 +16,6 @@ from typing import Any
 from media_service.settings import Settings, sqlite_path
 from media_service.storage import records
 from media_service.storage.interfaces import (
-    UPDATABLE_FIELDS,
     Account,
     AlreadyExists,
     Application,
@@ -376,7 +375,7 @@ def _item(row: sqlite3.Row) -> MediaItem:
     return records.item_from_record(record)
 
 
-class SqliteMediaRepository:
+class SqliteMediaRepository(records.StateTransitions):
     """MediaRepository on SQLite."""
 
     def __init__(self, db: SqliteDatabase) -> None:
@@ -398,18 +397,6 @@ class SqliteMediaRepository:
             sql += " AND state = 'ready'"
         rows = self.db.fetch(sql, (records.require_id(item_id),))
         return _item(rows[0]) if rows else None
-
-    def mark_ready(self, item_id: str, changes: dict[str, object]) -> MediaItem | None:
-        values = records.change_record(changes, records.READY_FIELDS) | {"state": "ready"}
-        return self._update_one(item_id, "pending", values)
-
-    def update(self, item_id: str, changes: dict[str, object], now: datetime) -> MediaItem | None:
-        values = records.change_record(changes, UPDATABLE_FIELDS)
-        values["time_last_updated"] = records.utc_ms(now, "now")
-        return self._update_one(item_id, "ready", values)
-
-    def mark_deleting(self, item_id: str) -> MediaItem | None:
-        return self._update_one(item_id, "ready", {"state": "deleting"})
 
     def _update_one(
         self, item_id: str, from_state: str, values: Mapping[str, object]
