@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -32,7 +32,6 @@ class Settings:
     backend_timeout: float = 5.0  # seconds, for every database and blob-store call
     sweep_grace_seconds: int = 3600  # a PENDING item younger than this is an upload in flight
     log_level: str = "INFO"
-    extra: Mapping[str, str] = field(default_factory=dict)  # unparsed, for diagnostics
 
     @property
     def database_kind(self) -> str:

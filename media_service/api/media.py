@@ -253,9 +253,8 @@ def update(item_id: str) -> Any:
     changes = _load_update(_read_update_body())
     item = media_service().update(principal, item_id, changes)
     if _prefers_representation():
-        response = Response(
-            json.dumps(ITEM_SCHEMA.dump(item)), status=200, mimetype="application/json"
-        )
+        # The same representation GET /info answers (item_json mirrors MediaItemSchema).
+        response = current_app.json.response(item_json(item))
         response.headers["Preference-Applied"] = "return=representation"
         return response
     return Response(status=204)
