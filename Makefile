@@ -7,10 +7,10 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint fmt typecheck bench clean
+.PHONY: help install run test lint fmt typecheck bench clean backends test-backends stack
 
 help:  ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ run: $(STAMP)  ## Serve on the embedded default (SQLite + files under ./var) at 
 
 test: $(STAMP)  ## Run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+backends: $(STAMP)  ## Build/install MinIO, FerretDB and Ceph RGW into .tools/ (pinned; quick when there)
+	$(BIN)/python -m realservers install
+
+test-backends: backends  ## Run the real-backend suite on FerretDB + MinIO, then Ceph RGW
+	$(BIN)/python -m realservers test $(PYTEST_ARGS)
+
+stack: backends  ## Serve on FerretDB + MinIO at 127.0.0.1:$PORT (the compose topology, no Docker)
+	PORT=$(PORT) $(BIN)/python -m realservers stack
 
 lint: $(STAMP)  ## ruff check and format check
 	$(BIN)/ruff check .

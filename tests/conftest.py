@@ -19,8 +19,10 @@ from media_service.auth import generate_rsa_keypair, generate_secret, hash_secre
 from media_service.factory import create_app
 from media_service.settings import Settings
 from media_service.storage.interfaces import Account, Application, Backends
+from tests.real_backends import REAL_PAIR, open_real_pair, real_pairs
 
-BACKEND_PAIRS = ["sqlite-files", "mongomock-moto"]
+# The real pair (MongoDB + S3 servers) joins where `make test-backends` configured it.
+BACKEND_PAIRS: list[Any] = ["sqlite-files", "mongomock-moto", *real_pairs()]
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +113,10 @@ def _mongomock_moto(settings: Settings) -> Iterator[Backends]:
 
 @pytest.fixture(params=BACKEND_PAIRS)
 def backends(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Backends]:
+    if request.param == REAL_PAIR:
+        with open_real_pair(settings) as real:
+            yield real
+        return
     factory = _sqlite_files if request.param == "sqlite-files" else _mongomock_moto
     yield from factory(settings)
 

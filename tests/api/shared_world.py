@@ -21,6 +21,7 @@ from media_service.factory import create_app
 from media_service.settings import Settings
 from media_service.storage.interfaces import Application, Backends
 from tests.conftest import Credentials, make_settings, provision
+from tests.real_backends import REAL_PAIR, open_real_pair
 
 KeyPair = tuple[str, str]
 
@@ -39,13 +40,15 @@ class World:
 def open_world(
     pair: str, directory: Path, keypair: KeyPair, second_keypair: KeyPair, **overrides: Any
 ) -> Iterator[World]:
-    """Open `pair` ("sqlite-files" or "mongomock-moto") under `directory`, with an app."""
+    """Open `pair` (one of conftest's BACKEND_PAIRS) under `directory`, with an app."""
     settings = make_settings(directory, **overrides)
     with ExitStack() as stack:
         if pair == "sqlite-files":
             backends = _sqlite_files(settings, stack)
         elif pair == "mongomock-moto":
             backends = _mongomock_moto(stack)
+        elif pair == REAL_PAIR:
+            backends = stack.enter_context(open_real_pair(settings))
         else:
             raise ValueError(f"unknown backend pair {pair!r}")
         app = create_app(settings, backends=backends)

@@ -51,7 +51,7 @@ WAV = (
 OGG = b"OggS\x00\x02" + b"\x00" * 40
 MP3_ID3 = b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\x00" * 40
 PLAIN = b"no magic number in here, just words"
-STORE_IDS = {"sqlite-files": "file", "mongomock-moto": "s3"}
+STORE_IDS = {"sqlite-files": "file", "mongomock-moto": "s3", "mongo-s3": "s3"}
 SMALL_MAX = 1024
 
 

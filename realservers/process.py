@@ -1,0 +1,137 @@
+"""Daemons of our own: started in their own session, watched, and stopped by PID only."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
+
+
+class ServerFailed(RuntimeError):
+    """A server exited or did not become healthy in time; the message carries its log tail."""
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+def port_open(port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on loopback `port`."""
+    with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout):
+        return True
+    return False
+
+
+class Daemon:
+    """One server process in a session of its own, with its output in `log_path`.
+
+    `stop()` signals the process group the daemon leads (its own pid), so helper processes it
+    forked go too; nothing is ever found or killed by name.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self) -> Daemon:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,  # its own process group: stopped as one, by our pid
+            )
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, size: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-size:]
+        except OSError:
+            return ""
+
+    def wait_until(self, healthy: Callable[[], bool], timeout: float) -> None:
+        """Poll `healthy` until it is true; fail early if the process exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running():
+                code = self.process.returncode if self.process else None
+                raise ServerFailed(f"{self.name} exited ({code}):\n{self.log_tail()}")
+            if healthy():
+                return
+            time.sleep(0.1)
+        raise ServerFailed(f"{self.name} not healthy within {timeout} s:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Signal the daemon's process group; SIGKILL it if it lingers. Safe to call twice."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            _signal_group(process.pid, sig)
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                _signal_group(process.pid, signal.SIGKILL)
+                process.wait(STOP_TIMEOUT)
+        # Children that outlived their leader still carry its group id.
+        _signal_group(process.pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        """SIGKILL at once: a crash, for the fault tests."""
+        self.stop(signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def run_checked(argv: Sequence[str], *, timeout: float = 120.0, **kwargs: object) -> str:
+    """Run a set-up command; return its stdout, or raise with its output on failure."""
+    done = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    if done.returncode != 0:
+        output = done.stdout[-2000:] + done.stderr[-4000:]
+        raise ServerFailed(f"{' '.join(argv)} exited {done.returncode}:\n{output}")
+    return done.stdout
