@@ -88,12 +88,12 @@ def empty_prefix(bucket: str, prefix: str) -> None:
         for page in pages:
             for entry in page.get("Contents", []):
                 client.delete_object(Bucket=bucket, Key=entry["Key"])
-        for open_upload in client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get(
-            "Uploads", []
-        ):
-            client.abort_multipart_upload(
-                Bucket=bucket, Key=open_upload["Key"], UploadId=open_upload["UploadId"]
-            )
+        # Bucket-wide, filtered here: MinIO matches this Prefix only against whole names.
+        for open_upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            if open_upload["Key"].startswith(prefix):
+                client.abort_multipart_upload(
+                    Bucket=bucket, Key=open_upload["Key"], UploadId=open_upload["UploadId"]
+                )
     finally:
         client.close()
 
@@ -127,3 +127,29 @@ def open_real_pair(settings: Settings) -> Iterator[Backends]:
             stack.callback(closer.close)  # type: ignore[attr-defined]
         stack.callback(getattr(backends.blobs, "close", lambda: None))
         yield backends
+
+
+@contextmanager
+def fresh_bucket() -> Iterator[str]:
+    """A new bucket on the real endpoint; emptied (objects, open uploads) and removed after."""
+    bucket = unique_name("media-it").replace("_", "-")
+    client = s3_client()
+    try:
+        client.create_bucket(Bucket=bucket)
+        yield bucket
+    finally:
+        try:
+            empty_prefix(bucket, "")
+            client.delete_bucket(Bucket=bucket)
+        finally:
+            client.close()
+
+
+def service_s3_env(bucket: str, prefix: str = "integration") -> dict[str, str]:
+    """A server's variables for blobs under `prefix` of `bucket` on the real endpoint."""
+    assert S3_ENDPOINT, "MEDIA_TEST_S3_ENDPOINT is not set"
+    return {
+        **S3_CREDENTIALS,
+        "AWS_ENDPOINT_URL_S3": S3_ENDPOINT,
+        "MEDIA_STORAGE_URL": f"s3://{bucket}/{prefix}",
+    }

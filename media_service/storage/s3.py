@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import unquote, urlsplit
@@ -251,6 +251,46 @@ class S3BlobStore:
                         Bucket=self.bucket, Key=object_key, UploadId=upload["UploadId"]
                     )
             self.client.delete_object(Bucket=self.bucket, Key=object_key)
+
+    def remove_stale_temp(self, older_than_seconds: float = 3600) -> int:
+        """Abort multipart uploads under the prefix begun that long ago; return how many.
+
+        A worker killed mid-upload leaves its multipart upload open: invisible to listings of
+        objects, but its parts take space until aborted. A live upload is younger than the
+        sweeper's grace period, which is what `older_than_seconds` is.
+
+        The listing is of the whole bucket, filtered here: MinIO matches ListMultipartUploads'
+        Prefix only against whole object names, so a prefix listing would find nothing there.
+        """
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket):
+                for upload in page.get("Uploads", []):
+                    if not upload["Key"].startswith(self.prefix):
+                        continue
+                    key = upload["Key"][len(self.prefix) :]
+                    if not _KEY.fullmatch(key) or upload["Initiated"] > cutoff:
+                        continue  # another tenant's, or possibly still running
+                    aborted += self._abort(upload["Key"], upload["UploadId"])
+        except ClientError as exc:
+            raise _translate(exc, "ListMultipartUploads") from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, "ListMultipartUploads") from exc
+        return aborted
+
+    def _abort(self, object_key: str, upload_id: str) -> int:
+        """Abort one multipart upload; 1 if this call ended it, 0 if it had ended already."""
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=object_key, UploadId=upload_id
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return 0  # ended meanwhile by its own worker's clean-up
+            raise
+        return 1
 
     def open(self, key: str, start: int = 0, length: int | None = None) -> S3BlobStream:
         """Open [start, start+length) with one GetObject (a Range header only for a part)."""

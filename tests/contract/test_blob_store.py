@@ -29,15 +29,9 @@ from media_service.storage.interfaces import (
     BlobStream,
 )
 from media_service.storage.s3 import S3BlobStore
+from tests import real_backends
 
 MiB = 1024 * 1024
-
-# Read at import, before the autouse fixture below replaces AWS_* with dummies.
-REAL_S3_ENDPOINT = os.environ.get("MEDIA_TEST_S3_ENDPOINT")
-REAL_S3_KEY = os.environ.get("AWS_ACCESS_KEY_ID", "")
-REAL_S3_SECRET = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
-REAL_S3_REGION = os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-REAL_S3_BUCKET = os.environ.get("MEDIA_TEST_S3_BUCKET")
 
 
 @dataclass
@@ -126,18 +120,16 @@ def unreachable_s3() -> S3BlobStore:
 
 
 def open_uploads_of(store: S3BlobStore) -> Callable[[], list[str]]:
-    def open_uploads() -> list[str]:
-        listing = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix)
-        return [upload["Key"] for upload in listing.get("Uploads", [])]
-
-    return open_uploads
+    # Bucket-wide and filtered here: MinIO matches the Prefix of ListMultipartUploads only
+    # against whole object names, so a prefix listing would always look clean there.
+    return lambda: open_uploads_in_bucket(store)
 
 
 def empty_out(store: S3BlobStore) -> None:
     """Remove everything under the store's prefix (for the shared, real endpoint)."""
-    for key in open_uploads_of(store)():
-        uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=key)
-        for upload in uploads.get("Uploads", []):
+    listing = store.client.list_multipart_uploads(Bucket=store.bucket)
+    for upload in listing.get("Uploads", []):
+        if upload["Key"].startswith(store.prefix):
             store.client.abort_multipart_upload(
                 Bucket=store.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
             )
@@ -219,23 +211,21 @@ def _server_harness(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> Iterator[
 
 
 def _real_harness() -> Iterator[Harness]:
-    client = s3_client(
-        REAL_S3_ENDPOINT,
-        aws_access_key_id=REAL_S3_KEY,
-        aws_secret_access_key=REAL_S3_SECRET,
-        region=REAL_S3_REGION,
-    )
-    bucket = REAL_S3_BUCKET or f"media-contract-{uuid.uuid4().hex[:16]}"
-    if not REAL_S3_BUCKET:
-        client.create_bucket(Bucket=bucket)
-    store = S3BlobStore(client, bucket, prefix=f"contract-{uuid.uuid4().hex[:12]}")
+    # Through from_settings with the endpoint in AWS_ENDPOINT_URL_S3, as compose configures the
+    # service: path-style addressing and the checksum setting are the production client's.
+    with real_backends.real_server_env():
+        store = S3BlobStore.from_settings(
+            Settings(
+                database_url="sqlite:///unused.db",
+                storage_url=f"s3://{real_backends.S3_BUCKET}/contract-{uuid.uuid4().hex[:12]}",
+            )
+        )
+    assert store.client.meta.endpoint_url == real_backends.S3_ENDPOINT
     try:
         yield Harness(store, open_uploads_of(store), unreachable_s3)
     finally:
         empty_out(store)
-        if not REAL_S3_BUCKET:
-            client.delete_bucket(Bucket=bucket)
-        client.close()
+        store.close()
 
 
 @pytest.fixture(
@@ -243,7 +233,7 @@ def _real_harness() -> Iterator[Harness]:
         "file",
         "s3-moto",
         pytest.param("s3-server", marks=pytest.mark.integration),
-        pytest.param("s3-real", marks=pytest.mark.minio),
+        pytest.param(f"s3-{real_backends.S3_SERVER}", marks=pytest.mark.minio),
     ]
 )
 def blob_store(
@@ -257,7 +247,7 @@ def blob_store(
     elif kind == "s3-server":
         yield from _server_harness(monkeypatch, request.getfixturevalue("moto_endpoint"))
     else:
-        if not REAL_S3_ENDPOINT:
+        if not real_backends.S3_ENDPOINT:
             pytest.skip("MEDIA_TEST_S3_ENDPOINT is not set")
         yield from _real_harness()
 
@@ -444,3 +434,66 @@ def test_unreachable_backend_fails_fast(blob_store: Harness) -> None:
         assert time.monotonic() - started < 5
         assert raised.value.port == "blob store"
         assert "testing" not in str(raised.value)  # no credentials in messages
+
+
+# --------------------------------------------------------------------------- S3 only
+
+
+@pytest.fixture(
+    params=["s3-moto", pytest.param(f"s3-{real_backends.S3_SERVER}", marks=pytest.mark.minio)]
+)
+def s3_harness(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Harness]:
+    if request.param == "s3-moto":
+        yield from _moto_harness(monkeypatch)
+    else:
+        if not real_backends.S3_ENDPOINT:
+            pytest.skip("MEDIA_TEST_S3_ENDPOINT is not set")
+        yield from _real_harness()
+
+
+def start_multipart_upload(store: S3BlobStore, object_key: str) -> None:
+    """Begin a multipart upload with one part and leave it open, as a killed worker does."""
+    started = store.client.create_multipart_upload(Bucket=store.bucket, Key=object_key)
+    store.client.upload_part(
+        Bucket=store.bucket,
+        Key=object_key,
+        UploadId=started["UploadId"],
+        PartNumber=1,
+        Body=payload(5 * MiB),
+    )
+
+
+def test_abandoned_multipart_uploads_are_aborted(s3_harness: Harness) -> None:
+    """What a worker killed mid-upload leaves open goes; other names under the prefix stay."""
+    store = s3_harness.store
+    assert isinstance(store, S3BlobStore)
+    abandoned = store.prefix + new_key()
+    start_multipart_upload(store, abandoned)
+    foreign = f"{store.prefix}not/a-key"  # under the prefix, but not a name the store gives
+    start_multipart_upload(store, foreign)
+
+    assert store.remove_stale_temp(0) == 1
+    assert open_uploads_in_bucket(store) == [foreign]
+    assert store.remove_stale_temp(0) == 0  # idempotent
+
+
+@pytest.mark.minio  # moto reports every upload as begun in 2010
+def test_young_multipart_uploads_are_spared() -> None:
+    """An upload begun less than the bound ago may still be running: it stays open."""
+    if not real_backends.S3_ENDPOINT:
+        pytest.skip("MEDIA_TEST_S3_ENDPOINT is not set")
+    for harness in _real_harness():
+        store = harness.store
+        assert isinstance(store, S3BlobStore)
+        young = store.prefix + new_key()
+        start_multipart_upload(store, young)
+        assert store.remove_stale_temp(3600) == 0
+        assert open_uploads_in_bucket(store) == [young]
+
+
+def open_uploads_in_bucket(store: S3BlobStore) -> list[str]:
+    """Open uploads under the store's prefix, from a bucket-wide listing (see remove_stale_temp)."""
+    listing = store.client.list_multipart_uploads(Bucket=store.bucket)
+    return sorted(u["Key"] for u in listing.get("Uploads", []) if u["Key"].startswith(store.prefix))

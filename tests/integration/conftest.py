@@ -33,11 +33,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
 import requests
+
+from tests import real_backends
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The interpreter's own bin directory (not resolved: in a venv, python is a symlink out of it).
@@ -52,14 +54,6 @@ STOP_TIMEOUT = 8.0  # seconds between SIGTERM and SIGKILL
 CLI_TIMEOUT = 60.0
 HTTP_TIMEOUT = 15.0  # default (connect, read) bound for a single request in these tests
 
-# Read at import, before tests/conftest.py's autouse fixture replaces AWS_* with dummies.
-REAL_MONGO_URL = os.environ.get("MEDIA_TEST_MONGO_URL") or None
-REAL_S3_ENDPOINT = os.environ.get("MEDIA_TEST_S3_ENDPOINT") or None
-REAL_S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", ""),
-    "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
-    "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-}
 _PARENT_ENV = dict(os.environ)
 
 # Configuration the developer's shell may carry must not leak into the servers under test.
@@ -489,21 +483,13 @@ def list_keys(
 @contextlib.contextmanager
 def fresh_mongo_database() -> Iterator[str]:
     """A URL naming a new database on MEDIA_TEST_MONGO_URL; the database is dropped after."""
-    if not REAL_MONGO_URL:
+    if not real_backends.MONGO_URL:
         pytest.skip("MEDIA_TEST_MONGO_URL is not set")
-    from pymongo import MongoClient
-
-    parts = urlsplit(REAL_MONGO_URL)
-    base = parts.path.strip("/") or "media_test"
-    name = f"{base}_it_{uuid.uuid4().hex[:10]}"
+    name = real_backends.unique_name("media_it")
     try:
-        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+        yield real_backends.database_url(name)
     finally:
-        client: MongoClient[Any] = MongoClient(REAL_MONGO_URL, serverSelectionTimeoutMS=5000)
-        try:
-            client.drop_database(name)
-        finally:
-            client.close()
+        real_backends.drop_database(name)
 
 
 @pytest.fixture
@@ -513,31 +499,17 @@ def mongo_database_url() -> Iterator[str]:
         yield url
 
 
+@contextlib.contextmanager
+def fresh_s3_env() -> Iterator[dict[str, str]]:
+    """Server variables for a fresh bucket on MEDIA_TEST_S3_ENDPOINT; emptied and removed after."""
+    if not real_backends.S3_ENDPOINT:
+        pytest.skip("MEDIA_TEST_S3_ENDPOINT is not set")
+    with real_backends.fresh_bucket() as bucket:
+        yield real_backends.service_s3_env(bucket)
+
+
 @pytest.fixture
 def real_s3_env() -> Iterator[dict[str, str]]:
-    """Server variables for a fresh bucket on MEDIA_TEST_S3_ENDPOINT; emptied and removed after."""
-    if not REAL_S3_ENDPOINT:
-        pytest.skip("MEDIA_TEST_S3_ENDPOINT is not set")
-    bucket = f"media-it-{uuid.uuid4().hex[:16]}"
-    client = s3_client(REAL_S3_ENDPOINT, REAL_S3_CREDENTIALS)
-    try:
-        client.create_bucket(Bucket=bucket)
-        yield {
-            **REAL_S3_CREDENTIALS,
-            "AWS_ENDPOINT_URL_S3": REAL_S3_ENDPOINT,
-            "MEDIA_STORAGE_URL": f"s3://{bucket}/integration",
-        }
-    finally:
-        try:
-            pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for page in pages:
-                for entry in page.get("Contents", []):
-                    client.delete_object(Bucket=bucket, Key=entry["Key"])
-            uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-            for open_upload in uploads:
-                client.abort_multipart_upload(
-                    Bucket=bucket, Key=open_upload["Key"], UploadId=open_upload["UploadId"]
-                )
-            client.delete_bucket(Bucket=bucket)
-        finally:
-            client.close()
+    """fresh_s3_env() as a fixture."""
+    with fresh_s3_env() as env:
+        yield env

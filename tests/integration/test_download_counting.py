@@ -4,9 +4,11 @@ The acceptance test of the counting issue: a public item limited to N anonymous 
 hammered by many concurrent anonymous clients spread over four worker processes, is served
 exactly N times and refused (403) every other time, and its counter ends at exactly N. In-process
 tests cannot prove this — threads in one process share a GIL, and mongomock is not atomic — so it
-runs against gunicorn over HTTP, on SQLite (always) and on a real MongoDB (when
-MEDIA_TEST_MONGO_URL is set). The same servers also prove which requests do not count (HEAD, 304,
-416, ranges not starting at 0) and that an interrupted download resumed with a Range counts once.
+runs against gunicorn over HTTP, on SQLite + files (always) and on a real MongoDB + S3 (FerretDB
+and MinIO under `make test-backends`). The same servers also prove which requests do not count
+(HEAD, 304, 416, ranges not starting at 0) and that an interrupted download resumed with a Range
+counts once. Last, two gunicorn instances on one database and bucket — two hosts, as far as the
+count can tell — share one limited item exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tests.integration.conftest import (
     StartServer,
     create_account,
     fresh_mongo_database,
+    fresh_s3_env,
     http_session,
     payload,
     upload,
@@ -64,21 +67,32 @@ class Stack:
 
 @pytest.fixture(
     scope="module",
-    params=["sqlite", pytest.param("mongodb", marks=pytest.mark.mongo)],
+    params=[
+        "sqlite+files",
+        pytest.param("mongodb+s3", marks=[pytest.mark.mongo, pytest.mark.minio]),
+    ],
 )
 def stack(
     request: pytest.FixtureRequest,
     module_live_server: StartServer,
 ) -> Iterator[Stack]:
-    """WEB_CONCURRENCY=4 gunicorn on SQLite (the embedded default) or on MongoDB."""
+    """WEB_CONCURRENCY=4 gunicorn on SQLite + files (the embedded default) or MongoDB + S3."""
     with ExitStack() as cleanup:
         env: dict[str, str] = {}
-        if request.param == "mongodb":
-            env["MEDIA_DATABASE_URL"] = cleanup.enter_context(fresh_mongo_database())
+        if request.param == "mongodb+s3":
+            env = real_pair_env(cleanup)
         server = module_live_server(workers=WORKERS, env=env)
         server.wait_for_workers(WORKERS)
         yield Stack(server, create_account(server))
         server.stop()  # before the database is dropped
+
+
+def real_pair_env(cleanup: ExitStack) -> dict[str, str]:
+    """Server variables for a fresh database and bucket on the real servers."""
+    return {
+        "MEDIA_DATABASE_URL": cleanup.enter_context(fresh_mongo_database()),
+        **cleanup.enter_context(fresh_s3_env()),
+    }
 
 
 def _anonymous_get(url: str) -> tuple[int, str | None]:
@@ -198,3 +212,37 @@ def test_private_item_is_not_served_or_counted_for_anonymous_clients(stack: Stac
     assert plain.status_code == 401 and conditional.status_code == 401
     assert "ETag" not in conditional.headers
     assert stack.info(item["id"])["times_downloaded"] == 0
+
+
+@pytest.mark.mongo
+@pytest.mark.minio
+def test_two_servers_count_one_item_exactly_between_them(live_server: StartServer) -> None:
+    """Two gunicorn instances (two ports, one database, one bucket) share the limit exactly.
+
+    Nothing but the database holds the count, so what holds across these two masters holds
+    across hosts: the anonymous GETs alternate between them and still total exactly the limit.
+    """
+    with ExitStack() as cleanup:
+        env = real_pair_env(cleanup)
+        first = live_server(workers=2, env=env)
+        second = live_server(workers=2, env=env)
+        owner = create_account(first)
+        item = Stack(first, owner).create(public="true", max_downloads_allowed=str(LIMIT))
+        urls = [
+            f"{server.url}/v3/media/{item['id']}"
+            for _ in range(ANONYMOUS_REQUESTS // 2)
+            for server in (first, second)
+        ]
+        with ThreadPoolExecutor(max_workers=CLIENT_THREADS) as pool:
+            results = list(pool.map(_anonymous_get, urls))
+        by_server = Counter(
+            (url.rsplit("/v3/", 1)[0], status)
+            for url, (status, _) in zip(urls, results, strict=True)
+        )
+        statuses = Counter(status for status, _ in results)
+        assert statuses == {200: LIMIT, 403: ANONYMOUS_REQUESTS - LIMIT}, statuses
+        # Both instances served some of the limited downloads (else this proves nothing).
+        assert by_server[(first.url, 200)] > 0 and by_server[(second.url, 200)] > 0, by_server
+        assert Stack(second, owner).info(item["id"])["times_downloaded"] == LIMIT
+        first.stop()  # before the database and bucket go
+        second.stop()
