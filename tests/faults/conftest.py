@@ -110,8 +110,9 @@ def open_multipart_uploads(backends: Backends) -> list[str]:
     client = getattr(blobs, "client", None)
     if client is None:
         return []
-    listing = client.list_multipart_uploads(Bucket=blobs.bucket, Prefix=blobs.prefix)
-    return [upload["Key"] for upload in listing.get("Uploads", [])]
+    # Bucket-wide, filtered here: MinIO matches this Prefix only against whole object names.
+    listing = client.list_multipart_uploads(Bucket=blobs.bucket)
+    return [u["Key"] for u in listing.get("Uploads", []) if u["Key"].startswith(blobs.prefix)]
 
 
 def read_blob(backends: Backends, key: str) -> bytes:
