@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import deque
 from functools import partial
 from typing import Any
 
@@ -42,8 +42,15 @@ from media_service.serving.limits import (
 
 PROBLEM_JSON = "application/problem+json"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # what the app accepts (factory.py)
-_HEAD_END = (b"\r\n\r\n", b"\n\n")
 _RECV_SIZE = 64 * 1024
+# Bodies up to this size are read by the event loop before the request gets a thread, as nginx
+# buffers small bodies; larger ones (uploads) are streamed by the app.
+SMALL_BODY = 64 * 1024
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_CONTENT_LENGTH = re.compile(rb"\ncontent-length[ \t]*:[ \t]*([0-9]{1,12})[ \t]*\r?(?=\n)", re.I)
+_TRANSFER_ENCODING = re.compile(rb"\ntransfer-encoding[ \t]*:", re.I)
+_X_REQUEST_ID = re.compile(rb"\nx-request-id[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?\n", re.I)
+_EXPECT = re.compile(rb"\nexpect[ \t]*:", re.I)
 
 # gunicorn exception -> (status, reason, problem title). Anything not listed is a server error.
 _PARSER_ERRORS: list[tuple[type[BaseException], int, str]] = [
@@ -118,8 +125,15 @@ class MediaThreadWorker(gthread.ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = ReadLimits.from_env()
-        # Connections whose header block is still arriving, oldest (earliest deadline) first.
-        self.reading_heads: OrderedDict[gthread.TConn, float] = OrderedDict()
+        # Connections whose request head (or small body) is still arriving -> their deadline.
+        self.reading: dict[gthread.TConn, float] = {}
+        # Complete requests waiting for a thread, and requests whose body is still to come.
+        self.queued_ready: deque[gthread.TConn] = deque()
+        self.queued_streaming: deque[gthread.TConn] = deque()
+        self.busy = 0
+        self.busy_streaming = 0
+        threads = self.cfg.threads
+        self._streaming_threads = max(1, threads - max(1, threads // 4))
         # TLS handshakes and HTTP/2 prior-knowledge sniffing read the socket in the thread
         # first; those connections keep the stock path.
         self._simple = not self.cfg.is_ssl and not _h2c_prior_knowledge(self.cfg)
@@ -132,7 +146,7 @@ class MediaThreadWorker(gthread.ThreadWorker):
         )
         self._current = threading.local()  # the unreader of the request a pool thread serves
 
-    # --- the event loop: collect the header block without a thread ------------------------------
+    # --- the event loop: collect the request head (and a small body) without a thread ---------
 
     def accept(self, listener: socket.socket) -> None:
         if not self._simple:
@@ -151,7 +165,7 @@ class MediaThreadWorker(gthread.ThreadWorker):
         self._await_head(conn)
 
     def on_client_socket_readable(self, conn: gthread.TConn, client: socket.socket) -> None:
-        """A kept-alive connection has its next request coming: read its headers here too."""
+        """A kept-alive connection has its next request coming: read its head here too."""
         if not self._simple:
             super().on_client_socket_readable(conn, client)
             return
@@ -159,15 +173,16 @@ class MediaThreadWorker(gthread.ThreadWorker):
         self.keepalived_conns.remove(conn)
         conn.sock.setblocking(False)
         self._await_head(conn)
-        self._on_head_readable(conn)
+        self._on_readable(conn)
 
     def _await_head(self, conn: gthread.TConn) -> None:
         conn.head = bytearray()
-        self.reading_heads[conn] = time.monotonic() + self.limits.header_timeout
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_head_readable, conn))
+        conn.wanted = None  # bytes the head plus its small body add up to, once known
+        self.reading[conn] = time.monotonic() + self.limits.header_timeout
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
-    def _on_head_readable(self, conn: gthread.TConn, _fileobj: object = None) -> None:
-        if conn not in self.reading_heads:
+    def _on_readable(self, conn: gthread.TConn, _fileobj: object = None) -> None:
+        if conn not in self.reading:
             return
         try:
             data = conn.sock.recv(_RECV_SIZE)
@@ -175,25 +190,41 @@ class MediaThreadWorker(gthread.ThreadWorker):
             return
         except OSError:
             data = b""
-        if not data:  # the client went away before finishing its headers
-            self._drop_head(conn)
+        if not data:  # the client went away before its request was complete
+            self._drop(conn)
             return
         conn.head += data
-        head = bytes(conn.head).lstrip(b"\r\n")  # empty lines before a request are allowed
-        if any(end in head for end in _HEAD_END) or len(conn.head) > self._max_head:
-            # Complete, or too large: either way the parser now has all it needs to decide.
-            self.poller.unregister(conn.sock)
-            del self.reading_heads[conn]
-            conn.data_ready = True  # stock handle() must not wait for data again
-            self.enqueue_req(conn)
+        if conn.wanted is None:
+            head_end = _head_end(conn.head)
+            if head_end is None and len(conn.head) <= self._max_head:
+                return
+            # Complete, or too large (the parser will say so): classify the request.
+            body = _buffered_body_length(conn.head[:head_end]) if head_end else None
+            conn.streaming = head_end is not None and body is None
+            if body and head_end is not None:
+                conn.wanted = head_end + body
+                self.reading[conn] = time.monotonic() + self.limits.body_idle_timeout
+            else:
+                self._ready(conn)
+                return
+        else:
+            self.reading[conn] = time.monotonic() + self.limits.body_idle_timeout
+        if len(conn.head) >= conn.wanted:
+            self._ready(conn)
 
-    def _drop_head(self, conn: gthread.TConn, *, answer: bytes | None = None) -> None:
-        self.reading_heads.pop(conn, None)
+    def _ready(self, conn: gthread.TConn) -> None:
+        self.poller.unregister(conn.sock)
+        del self.reading[conn]
+        conn.data_ready = True  # stock handle() must not wait for data again
+        self.enqueue_req(conn)
+
+    def _drop(self, conn: gthread.TConn, *, answer: bytes | None = None) -> None:
+        self.reading.pop(conn, None)
         try:
             self.poller.unregister(conn.sock)
         except (KeyError, ValueError, OSError):
             pass
-        if answer is not None and conn.head:  # only to a client that has said something
+        if answer is not None and conn.head.strip():  # only to a client that said something
             try:
                 conn.sock.send(answer, socket.MSG_DONTWAIT)
             except OSError:
@@ -204,15 +235,52 @@ class MediaThreadWorker(gthread.ThreadWorker):
     def murder_pending(self) -> None:
         super().murder_pending()
         now = time.monotonic()
-        while self.reading_heads:
-            conn, deadline = next(iter(self.reading_heads.items()))
+        for conn, deadline in list(self.reading.items()):
             if not self.alive:  # stopping: a request not yet read in full is not served
-                self._drop_head(conn)
-                continue
-            if deadline > now:
-                break
-            self.log.info("Closing connection from %s: headers not complete in time", conn.client)
-            self._drop_head(conn, answer=_timeout_response())
+                self._drop(conn)
+            elif deadline <= now:
+                self.log.info("Closing connection from %s: request not sent in time", conn.client)
+                self._drop(conn, answer=_timeout_response(conn.head))
+
+    # --- scheduling: a pool thread only for a request that is ready to be served ------------
+
+    def enqueue_req(self, conn: gthread.TConn) -> None:
+        if not self._simple:
+            super().enqueue_req(conn)
+            return
+        streaming = getattr(conn, "streaming", False)
+        (self.queued_streaming if streaming else self.queued_ready).append(conn)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand queued connections to free threads; bodies still arriving never take them all.
+
+        A request whose head (and small body) is in holds a thread only as long as the app
+        needs; one still streaming a large body holds it for as long as the client sends, up to
+        the rate floor. Ready requests go first, and streaming ones may occupy at most
+        `threads - reserve` threads, so trickling uploads delay other uploads, not /healthz.
+        """
+        while self.busy < self.cfg.threads:
+            if self.queued_ready:
+                conn = self.queued_ready.popleft()
+            elif self.queued_streaming and self.busy_streaming < self._streaming_threads:
+                conn = self.queued_streaming.popleft()
+                self.busy_streaming += 1
+            else:
+                return
+            conn.holds_thread = True
+            self.busy += 1
+            super().enqueue_req(conn)
+
+    def finish_request(self, conn: gthread.TConn, fs: Any) -> None:
+        if getattr(conn, "holds_thread", False):
+            conn.holds_thread = False
+            self.busy -= 1
+            if getattr(conn, "streaming", False):
+                conn.streaming = False
+                self.busy_streaming -= 1
+        super().finish_request(conn, fs)
+        self._dispatch()
 
     # --- the pool thread: headers are in; bound every further read ------------------------------
 
@@ -282,6 +350,33 @@ class MediaThreadWorker(gthread.ThreadWorker):
             self.log.debug("Failed to send error message.")
 
 
+def _head_end(data: bytearray) -> int | None:
+    """Offset just past the blank line ending the request head, if it has arrived."""
+    start = len(data) - len(data.lstrip(b"\r\n"))  # empty lines before a request are allowed
+    match = _HEAD_END.search(data, start)
+    return match.end() if match else None
+
+
+def _buffered_body_length(head: bytes | bytearray) -> int | None:
+    """How much body the event loop reads before the request gets a thread.
+
+    0: nothing (no body, or something odd such as two Content-Length fields that the parser
+    refuses at once); n: a small body of n bytes; None: the thread streams it (a large body, a
+    chunked one, or one behind Expect: 100-continue, whose client waits for the app).
+    """
+    lengths = _CONTENT_LENGTH.findall(head)
+    if _TRANSFER_ENCODING.search(head):
+        return 0 if lengths else None  # with a Content-Length too, the parser refuses it at once
+    if len(lengths) > 1:
+        return 0
+    if _EXPECT.search(head):
+        return None
+    if not lengths:
+        return 0
+    length = int(lengths[0])
+    return length if length <= SMALL_BODY else None
+
+
 def _h2c_prior_knowledge(cfg: Any) -> bool:
     return getattr(cfg, "http2_cleartext", None) in ("prior-knowledge", "both")
 
@@ -334,10 +429,12 @@ def problem_response(status: int, title: str, detail: str, request_id: str) -> b
     return head.encode("latin-1") + body
 
 
-def _timeout_response() -> bytes:
+def _timeout_response(head: bytes | bytearray) -> bytes:
+    match = _X_REQUEST_ID.search(head)
+    candidate = match.group(1).decode("latin-1") if match else ""
     return problem_response(
         408,
         "Request Timeout",
-        "The request headers did not arrive in time.",
-        uuid.uuid4().hex,
+        "The request was not sent in time.",
+        candidate if _REQUEST_ID.match(candidate) else uuid.uuid4().hex,
     )
