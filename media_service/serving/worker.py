@@ -341,7 +341,8 @@ class MediaThreadWorker(gthread.ThreadWorker):
         else:
             peer = addr[0] if addr else ""
             self.log.warning("Invalid request from ip=%s: %s", peer, exc)
-        request_id = _incoming_request_id(req)
+        # Header errors carry the half-parsed request, whose headers may hold the request id.
+        request_id = _incoming_request_id(req or getattr(exc, "req", None))
         try:
             client.setblocking(True)
             client.settimeout(1.0)
