@@ -442,7 +442,7 @@ def test_dockerignore_excludes_local_state_but_not_what_the_build_copies() -> No
 def test_gunicorn_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = load_gunicorn_conf(monkeypatch)
     assert conf["bind"] == ["127.0.0.1:8000"]  # loopback unless told otherwise (SPEC §5)
-    assert conf["worker_class"] == "gthread"
+    assert conf["worker_class"] == "media_service.serving.worker.MediaThreadWorker"
     assert conf["workers"] == 2
     assert conf["threads"] == 8
     assert conf["timeout"] == 120
@@ -453,8 +453,12 @@ def test_gunicorn_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert conf["errorlog"] == "-"
     assert conf["preload_app"] is False
     assert "*" not in conf["forwarded_allow_ips"]
-    for name in ("limit_request_line", "limit_request_fields", "limit_request_field_size"):
-        assert name not in conf  # gunicorn's defaults kept
+    # The longest token the service accepts must fit in one header field (it answered 431).
+    from media_service.auth.tokens import MAX_TOKEN_LENGTH
+
+    assert conf["limit_request_field_size"] >= len("Authorization: Bearer \r\n") + MAX_TOKEN_LENGTH
+    assert conf["limit_request_line"] == 8190  # gunicorn's maximum
+    assert conf["limit_request_fields"] == 100
     if os.path.isdir("/dev/shm"):
         assert conf["worker_tmp_dir"] == "/dev/shm"
 
@@ -491,7 +495,13 @@ def test_gunicorn_accepts_every_value(monkeypatch: pytest.MonkeyPatch) -> None:
             cfg.set(name, value)
             applied += 1
     assert applied >= 15
-    assert cfg.worker_class_str == "gthread"
+    assert cfg.worker_class_str == "media_service.serving.worker.MediaThreadWorker"
+    from gunicorn.workers.gthread import ThreadWorker
+
+    from media_service.serving.worker import MediaThreadWorker
+
+    assert cfg.worker_class is MediaThreadWorker
+    assert issubclass(MediaThreadWorker, ThreadWorker)
     assert cfg.forwarded_allow_ips == []
     assert callable(cfg.on_starting) and callable(cfg.child_exit) and callable(cfg.on_exit)
 
@@ -518,6 +528,16 @@ def test_on_starting_rejects_bad_settings_with_one_line(tmp_path: Path) -> None:
     assert lines[0].startswith(CONFIG_ERROR_PREFIX + "MEDIA_DATABASE_URL")
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # the metrics directory it made is gone again
+
+
+@pytest.mark.parametrize("name", ["GUNICORN_HEADER_TIMEOUT", "GUNICORN_BODY_IDLE_TIMEOUT"])
+def test_on_starting_rejects_bad_read_limits_with_one_line(tmp_path: Path, name: str) -> None:
+    env = clean_env(**{name: "forever"}, MEDIA_DATA_DIR=str(tmp_path / "var"), TMPDIR=str(tmp_path))
+    result = run_hooks("conf['on_starting'](None)", env)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(CONFIG_ERROR_PREFIX + name)
 
 
 def test_on_starting_creates_and_on_exit_removes_a_metrics_dir(tmp_path: Path) -> None:
@@ -667,7 +687,7 @@ def test_gunicorn_serves_with_the_config(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, stderr
-    assert "Using worker: gthread" in stderr
+    assert "Using worker: media_service.serving.worker.MediaThreadWorker" in stderr
     assert not Path(metrics_dir).exists()  # on_exit cleaned up after itself
 
 
