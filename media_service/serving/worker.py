@@ -131,6 +131,7 @@ class MediaThreadWorker(gthread.ThreadWorker):
         self.queued_ready: deque[gthread.TConn] = deque()
         self.queued_streaming: deque[gthread.TConn] = deque()
         self.busy = 0
+        self._stop_linger: float | None = None
         self.busy_streaming = 0
         threads = self.cfg.threads
         self._streaming_threads = max(1, threads - max(1, threads // 4))
@@ -235,8 +236,12 @@ class MediaThreadWorker(gthread.ThreadWorker):
     def murder_pending(self) -> None:
         super().murder_pending()
         now = time.monotonic()
+        if not self.alive and self._stop_linger is None:
+            # Stopping: like stock gthread's kept-alive connections, requests still arriving get
+            # a short while to complete (and are then served); after that they are dropped.
+            self._stop_linger = now + gthread.STOP_KEEPALIVE_LINGER
         for conn, deadline in list(self.reading.items()):
-            if not self.alive:  # stopping: a request not yet read in full is not served
+            if self._stop_linger is not None and self._stop_linger <= now:
                 self._drop(conn)
             elif deadline <= now:
                 self.log.info("Closing connection from %s: request not sent in time", conn.client)
