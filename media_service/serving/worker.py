@@ -3,11 +3,13 @@
 Stock gthread hands a connection to one of its few pool threads as soon as it is accepted (the
 thread then waits up to 5 s for a first byte) or readable, and the thread blocks until the whole
 header block has arrived, with no deadline: a hundred clients sending a header line now and then
-hold every thread. Here the worker's event loop collects the header block itself, without a
-thread, and closes connections whose headers are not complete within GUNICORN_HEADER_TIMEOUT
-(answering 408). A thread gets the connection only once the headers are in, and from then on
-every socket read has a timeout: GUNICORN_BODY_IDLE_TIMEOUT between bytes, and the upload path's
-minimum rate (a RateFloor offered under RATE_FLOOR_ENVIRON_KEY) as a deadline.
+hold every thread. Here the worker's event loop collects the request head (and a body of up to
+SMALL_BODY) itself, without a thread, and answers 408 to a client that does not finish within
+GUNICORN_HEADER_TIMEOUT (or stalls its small body for GUNICORN_BODY_IDLE_TIMEOUT). A thread gets
+a request only when it is ready; requests still streaming a large body queue behind ready ones
+and never occupy every thread. In the thread, every socket read has a timeout:
+GUNICORN_BODY_IDLE_TIMEOUT of silence, and the upload path's minimum rate (a RateFloor it hands
+over under RATE_FLOOR_ENVIRON_KEY) as a deadline.
 
 gunicorn writes its own errors (431, 414, 400 from the HTTP parser) as text/html without a
 request id; `handle_error` here writes the same statuses as problem+json with an X-Request-Id.
