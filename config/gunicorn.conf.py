@@ -57,7 +57,11 @@ bind = [b.strip() for b in _env("GUNICORN_BIND", f"127.0.0.1:{_port}").split(","
 # Requests spend their time waiting on S3/MongoDB or on the client's socket, not on the CPU, so a
 # few processes with several threads each serve far more concurrent uploads and downloads than
 # sync workers, without gevent's monkey-patching of boto3 and pymongo.
-worker_class = "gthread"
+# gthread, plus: header blocks are collected by the event loop (a slow client holds no thread),
+# headers must be complete within GUNICORN_HEADER_TIMEOUT, body reads time out after
+# GUNICORN_BODY_IDLE_TIMEOUT of silence and honour the upload path's minimum rate, and gunicorn's
+# own errors (400, 408, 414, 431) are problem+json with an X-Request-Id. See docs/design.md.
+worker_class = "media_service.serving.worker.MediaThreadWorker"
 workers = _env_int("WEB_CONCURRENCY", 2, 1)
 # Per-process backend pools (boto3's max_pool_connections, pymongo's maxPoolSize) should be at
 # least this large, or threads queue for a connection instead of for I/O.
@@ -107,8 +111,16 @@ loglevel = _env("GUNICORN_LOG_LEVEL", "info")
 # no one, and that one setting stays the only knob. (Never "*": any client could spoof https.)
 forwarded_allow_ips = _env("FORWARDED_ALLOW_IPS", "")
 
-# limit_request_line / limit_request_fields / limit_request_field_size keep gunicorn's defaults:
-# the API has short URLs and few headers; file bytes travel in the body.
+# --- HTTP parser limits -------------------------------------------------------------------------
+
+# A header field must hold "Authorization: Bearer " plus the longest token the service accepts
+# (media_service.auth.tokens.MAX_TOKEN_LENGTH, 16 KiB); gunicorn's 8 KiB default answered 431
+# before the service could. The request line gets gunicorn's maximum (8190): search queries are
+# the longest URLs and stay far below it. 100 header fields is gunicorn's default and plenty.
+# The nginx front door (config/nginx/media.conf) uses matching large_client_header_buffers.
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 16 * 1024 + 1024
 
 # gunicorn >= 25 opens a control socket at $HOME/.gunicorn/gunicorn.ctl by default; several
 # instances (parallel tests, a dev server) would fight over that one path, and a container has no
@@ -153,11 +165,13 @@ def on_starting(server: object) -> None:
     created = _prepare_metrics_dir(server)
     # Import here, not at the top: gunicorn reads this file before it knows the app, and tests
     # exec it without importing the package.
+    from media_service.serving.limits import LimitsError, ReadLimits
     from media_service.settings import ConfigError, Settings
 
     try:
         Settings.from_env()
-    except ConfigError as exc:
+        ReadLimits.from_env()  # GUNICORN_HEADER_TIMEOUT, GUNICORN_BODY_IDLE_TIMEOUT (workers)
+    except (ConfigError, LimitsError) as exc:
         if created:
             shutil.rmtree(created, ignore_errors=True)
             os.environ.pop(_METRICS_DIR, None)

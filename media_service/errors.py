@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask, Response, g, json, request
 from werkzeug.exceptions import HTTPException
 
+from media_service.serving.limits import ClientTooSlow
 from media_service.storage.interfaces import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,11 @@ def register_error_handlers(app: Flask) -> None:
         return _from_api_error(
             ServiceUnavailable(f"The {error.port} is not available; retry later.")
         )
+
+    @app.errorhandler(ClientTooSlow)
+    def _too_slow(error: ClientTooSlow) -> Response:
+        # The server cut a body read short (idle timeout): the client's fault, not ours.
+        return problem_response(408, "Request Timeout", str(error), slug="request-timeout")
 
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Response:

@@ -31,6 +31,8 @@ class Settings:
     trusted_proxies: int = 0  # how many X-Forwarded-* hops to trust
     backend_timeout: float = 5.0  # seconds, for every database and blob-store call
     sweep_grace_seconds: int = 3600  # a PENDING item younger than this is an upload in flight
+    upload_min_rate: int = 2048  # bytes/s an upload body must average after the window; 0: off
+    upload_rate_window: float = 30.0  # seconds of grace before the minimum rate applies
     log_level: str = "INFO"
 
     @property
@@ -65,6 +67,8 @@ class Settings:
             trusted_proxies=_int(env, "MEDIA_TRUSTED_PROXIES", 0, 0),
             backend_timeout=_float(env, "MEDIA_BACKEND_TIMEOUT", 5.0),
             sweep_grace_seconds=_int(env, "MEDIA_SWEEP_GRACE_SECONDS", 3600, 0),
+            upload_min_rate=_int(env, "MEDIA_UPLOAD_MIN_RATE", 2048, 0),
+            upload_rate_window=_float(env, "MEDIA_UPLOAD_RATE_WINDOW", 30.0),
             log_level=_choice(
                 env, "MEDIA_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
             ),

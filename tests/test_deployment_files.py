@@ -48,7 +48,8 @@ GUNICORN_ENV = (
     "GUNICORN_OWNED_PROMETHEUS_DIR",
 )
 CONFIG_ERROR_PREFIX = "media-service: configuration error: "
-LONG_RUNNING = {"mongo", "minio", "media"}
+LONG_RUNNING = {"mongo", "minio", "media", "nginx"}
+NGINX_SITE = ROOT / "config" / "nginx" / "media.conf"
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -170,8 +171,8 @@ def compose() -> dict[str, Any]:
     return data
 
 
-def test_compose_has_the_four_services(compose: dict[str, Any]) -> None:
-    assert {"mongo", "minio", "createbucket", "media"} <= set(compose["services"])
+def test_compose_has_the_five_services(compose: dict[str, Any]) -> None:
+    assert {"mongo", "minio", "createbucket", "media", "nginx"} <= set(compose["services"])
 
 
 def test_media_waits_for_healthy_backends_and_the_bucket(compose: dict[str, Any]) -> None:
@@ -235,11 +236,54 @@ def test_media_service_settings_validate(compose: dict[str, Any]) -> None:
     assert int(grace.rstrip("s")) > 30
 
 
-def test_media_service_is_published_on_8000(compose: dict[str, Any]) -> None:
-    media = compose["services"]["media"]
-    assert "8000:8000" in [str(p) for p in media["ports"]]
+def test_only_the_front_door_is_published_on_8000(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    media = services["media"]
+    assert "ports" not in media  # clients come in through nginx
+    assert [str(p) for p in media["expose"]] == ["8000"]
     assert media["build"]["target"] == "runtime"
     assert media["restart"] == "unless-stopped"
+    published = {
+        name: [str(p) for p in svc.get("ports", [])]
+        for name, svc in services.items()
+        if svc.get("ports")
+    }
+    assert published == {"nginx": ["8000:8080"]}
+
+
+def test_nginx_front_door_service(compose: dict[str, Any]) -> None:
+    nginx = compose["services"]["nginx"]
+    assert str(nginx["image"]).startswith("nginx:")
+    assert nginx["restart"] == "unless-stopped"
+    assert nginx["depends_on"] == {"media": {"condition": "service_healthy"}}
+    volumes = [str(v) for v in nginx["volumes"]]
+    assert "./config/nginx/media.conf:/etc/nginx/conf.d/default.conf:ro" in volumes
+    assert (ROOT / "config" / "nginx" / "media.conf").is_file()
+    # Buffered request bodies go to a volume, not the container's writable layer.
+    assert any(v.endswith(":/var/cache/nginx") for v in volumes)
+    assert {v.split(":")[0] for v in volumes if not v.startswith(".")} <= set(compose["volumes"])
+    check = nginx["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "wget"]  # the alpine image has busybox wget, no curl
+    assert "http://127.0.0.1:8080/healthz" in check
+    assert int(str(nginx["stop_grace_period"]).rstrip("s")) > 30  # uploads in flight finish
+
+
+def test_nginx_site_points_at_the_media_service(compose: dict[str, Any]) -> None:
+    site = NGINX_SITE.read_text()
+    assert re.search(r"^\s*listen 8080;", site, re.M)  # the container port compose publishes
+    assert re.search(r"^\s*server media:8000;", site, re.M)  # the media service, its port
+    assert "8000" in [str(p) for p in compose["services"]["media"]["expose"]]
+
+
+def test_media_behind_nginx_trusts_one_proxy_hop(compose: dict[str, Any]) -> None:
+    media = compose["services"]["media"]
+    env = {k: interpolate_defaults(v) for k, v in service_env(media).items()}
+    assert Settings.from_env(env).trusted_proxies == 1
+    # gunicorn itself still trusts no one (the app's ProxyFix is the one knob, see the config).
+    assert not env.get("FORWARDED_ALLOW_IPS")
+    # The service's read limits are configurable here too (blank: the defaults nginx mirrors).
+    for name in ("GUNICORN_HEADER_TIMEOUT", "GUNICORN_BODY_IDLE_TIMEOUT", "MEDIA_UPLOAD_MIN_RATE"):
+        assert name in env and env[name] == ""
 
 
 def test_tests_service_is_opt_in(compose: dict[str, Any]) -> None:
@@ -442,7 +486,7 @@ def test_dockerignore_excludes_local_state_but_not_what_the_build_copies() -> No
 def test_gunicorn_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = load_gunicorn_conf(monkeypatch)
     assert conf["bind"] == ["127.0.0.1:8000"]  # loopback unless told otherwise (SPEC §5)
-    assert conf["worker_class"] == "gthread"
+    assert conf["worker_class"] == "media_service.serving.worker.MediaThreadWorker"
     assert conf["workers"] == 2
     assert conf["threads"] == 8
     assert conf["timeout"] == 120
@@ -453,8 +497,12 @@ def test_gunicorn_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert conf["errorlog"] == "-"
     assert conf["preload_app"] is False
     assert "*" not in conf["forwarded_allow_ips"]
-    for name in ("limit_request_line", "limit_request_fields", "limit_request_field_size"):
-        assert name not in conf  # gunicorn's defaults kept
+    # The longest token the service accepts must fit in one header field (it answered 431).
+    from media_service.auth.tokens import MAX_TOKEN_LENGTH
+
+    assert conf["limit_request_field_size"] >= len("Authorization: Bearer \r\n") + MAX_TOKEN_LENGTH
+    assert conf["limit_request_line"] == 8190  # gunicorn's maximum
+    assert conf["limit_request_fields"] == 100
     if os.path.isdir("/dev/shm"):
         assert conf["worker_tmp_dir"] == "/dev/shm"
 
@@ -491,7 +539,13 @@ def test_gunicorn_accepts_every_value(monkeypatch: pytest.MonkeyPatch) -> None:
             cfg.set(name, value)
             applied += 1
     assert applied >= 15
-    assert cfg.worker_class_str == "gthread"
+    assert cfg.worker_class_str == "media_service.serving.worker.MediaThreadWorker"
+    from gunicorn.workers.gthread import ThreadWorker
+
+    from media_service.serving.worker import MediaThreadWorker
+
+    assert cfg.worker_class is MediaThreadWorker
+    assert issubclass(MediaThreadWorker, ThreadWorker)
     assert cfg.forwarded_allow_ips == []
     assert callable(cfg.on_starting) and callable(cfg.child_exit) and callable(cfg.on_exit)
 
@@ -518,6 +572,16 @@ def test_on_starting_rejects_bad_settings_with_one_line(tmp_path: Path) -> None:
     assert lines[0].startswith(CONFIG_ERROR_PREFIX + "MEDIA_DATABASE_URL")
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # the metrics directory it made is gone again
+
+
+@pytest.mark.parametrize("name", ["GUNICORN_HEADER_TIMEOUT", "GUNICORN_BODY_IDLE_TIMEOUT"])
+def test_on_starting_rejects_bad_read_limits_with_one_line(tmp_path: Path, name: str) -> None:
+    env = clean_env(**{name: "forever"}, MEDIA_DATA_DIR=str(tmp_path / "var"), TMPDIR=str(tmp_path))
+    result = run_hooks("conf['on_starting'](None)", env)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(CONFIG_ERROR_PREFIX + name)
 
 
 def test_on_starting_creates_and_on_exit_removes_a_metrics_dir(tmp_path: Path) -> None:
@@ -667,7 +731,7 @@ def test_gunicorn_serves_with_the_config(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, stderr
-    assert "Using worker: gthread" in stderr
+    assert "Using worker: media_service.serving.worker.MediaThreadWorker" in stderr
     assert not Path(metrics_dir).exists()  # on_exit cleaned up after itself
 
 

@@ -24,7 +24,13 @@ from media_service.errors import (
 )
 from media_service.schemas.media import FILENAME_MAX, UploadFieldsSchema
 from media_service.service.media import StagedUpload
-from media_service.service.streams import CountingInput, FilePart, FormField, MultipartStream
+from media_service.service.streams import (
+    CountingInput,
+    FilePart,
+    FormField,
+    MinimumRateInput,
+    MultipartStream,
+)
 from media_service.service.url_fetch import (
     UrlFetchFailed,
     UrlFetchPolicy,
@@ -47,12 +53,16 @@ def receive_upload(principal: Principal) -> MediaItem:
     boundary = request.mimetype_params.get("boundary", "")
     if not boundary or len(boundary) > 200:
         raise BadRequest("The multipart Content-Type has no valid boundary.")
-    max_bytes = app_state().settings.max_upload_bytes
+    settings = app_state().settings
+    max_bytes = settings.max_upload_bytes
     limit = max_bytes + FORM_OVERHEAD
     # Refuse before reading a byte when the client has announced the size.
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The upload is larger than the maximum of {max_bytes} bytes.")
-    body = CountingInput(request.stream, limit)
+    paced = MinimumRateInput.for_environ(
+        request.stream, request.environ, settings.upload_min_rate, settings.upload_rate_window
+    )
+    body = CountingInput(paced, limit)
     form = MultipartStream(body, boundary.encode("latin-1"), file_field_names=FILE_FIELDS)
 
     service = media_service()

@@ -8,13 +8,14 @@ input stream, and the file part is handed to the blob store as a file-like objec
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
-from media_service.errors import BadRequest, PayloadTooLarge
+from media_service.errors import ApiError, BadRequest, PayloadTooLarge
+from media_service.serving.limits import RATE_FLOOR_ENVIRON_KEY, ClientTooSlow, RateFloor
 
 READ_SIZE = 1024 * 1024  # request body read size; also the blob store's write granularity
 SNIFF_BYTES = 4096
@@ -237,4 +238,55 @@ class CountingInput:
             raise PayloadTooLarge(
                 f"The request body is larger than the maximum of {self._limit} bytes."
             )
+        return chunk
+
+
+class BodyTooSlow(ApiError):
+    """The upload body stalled or arrived slower than MEDIA_UPLOAD_MIN_RATE."""
+
+    status, title, slug = 408, "Request Timeout", "request-timeout"
+
+
+class MinimumRateInput:
+    """Wrap the request body and refuse (408) one that arrives slower than `floor` allows.
+
+    A check after each read only sees a trickling client when a read returns, which may be
+    never; so the floor is also handed to the server when it offers to bound its socket reads
+    by it (`watch`, from the WSGI environ: our gunicorn worker does), and a read the server
+    cuts short raises ClientTooSlow.
+    """
+
+    def __init__(
+        self,
+        stream: Readable,
+        floor: RateFloor,
+        watch: Callable[[RateFloor], None] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._floor = floor
+        self.received = 0
+        if watch is not None:
+            watch(floor)
+
+    @classmethod
+    def for_environ(
+        cls, stream: Readable, environ: Mapping[str, object], min_rate: int, window: float
+    ) -> Readable:
+        """`stream` wrapped, or `stream` itself when the minimum rate is off (0)."""
+        if min_rate <= 0:
+            return stream
+        watch = environ.get(RATE_FLOOR_ENVIRON_KEY)
+        return cls(stream, RateFloor(min_rate, window), watch if callable(watch) else None)
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            chunk = self._stream.read(size)
+        except ClientTooSlow as error:
+            raise BodyTooSlow(str(error)) from None
+        self.received += len(chunk)
+        if chunk:
+            try:
+                self._floor.check(self.received)
+            except ClientTooSlow as error:
+                raise BodyTooSlow(str(error)) from None
         return chunk

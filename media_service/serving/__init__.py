@@ -1,0 +1,1 @@
+"""How the service meets the network: gunicorn worker, read deadlines and their settings."""
