@@ -90,29 +90,41 @@ def ceph_version() -> str | None:
     return out.split()[2] if out.startswith("ceph version ") else None
 
 
+def _apt_install(packages: tuple[str, ...]) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit(f"{' '.join(packages)}: not installed, and apt-get needs root")
+    _say(f"installing {' '.join(packages)} from Debian")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run_checked(["apt-get", "update", "-qq"], timeout=600, env=env)
+    run_checked(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+        timeout=BUILD_TIMEOUT,
+        env=env,
+    )
+
+
 def install_ceph() -> str:
     version = ceph_version()
     if version is None:
-        if os.geteuid() != 0:
-            raise SystemExit("Ceph is not installed and apt-get needs root: run as root")
-        _say("installing Ceph radosgw, ceph-mon and ceph-osd from Debian")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        run_checked(["apt-get", "update", "-qq"], timeout=600, env=env)
-        run_checked(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *pins.CEPH_PACKAGES],
-            timeout=BUILD_TIMEOUT,
-            env=env,
-        )
+        _apt_install(pins.CEPH_PACKAGES)
         version = ceph_version()
     if version is None or not version.startswith(pins.CEPH_RELEASE_LINE):
         raise SystemExit(f"expected Ceph {pins.CEPH_RELEASE_LINE}x, found {version}")
     return version
 
 
+def install_nginx() -> str:
+    """Debian's nginx, for the front-door tests (config/nginx/media.conf)."""
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        _apt_install(pins.NGINX_PACKAGES)
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
 INSTALLERS: dict[str, Callable[[], object]] = {
     "minio": install_minio,
     "ferretdb": install_ferretdb,
     "ceph": install_ceph,
+    "nginx": install_nginx,
 }
 
 

@@ -24,6 +24,7 @@ FERRETDB_VERSION = "v1.24.2"
 # is the release line, checked after install, rather than an exact version that would vanish.
 CEPH_PACKAGES = ("radosgw", "ceph-mon", "ceph-osd")
 CEPH_RELEASE_LINE = "16.2."
+NGINX_PACKAGES = ("nginx-light",)  # the front door's tests run the real nginx
 CEPH_BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph")
 
 

@@ -48,7 +48,8 @@ CLIENT_ADDRESS = "127.0.0.2"  # still loopback, but not the address nginx itself
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(120),
-    pytest.mark.skipif(NGINX is None, reason="nginx is not installed"),
+    pytest.mark.nginx,
+    pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make backends installs it)"),
 ]
 
 
