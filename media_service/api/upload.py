@@ -22,6 +22,7 @@ from media_service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from media_service.schemas.fields import UNENCODABLE, is_utf8_encodable
 from media_service.schemas.media import FILENAME_MAX, UploadFieldsSchema
 from media_service.service.media import StagedUpload
 from media_service.service.streams import CountingInput, FilePart, FormField, MultipartStream
@@ -111,6 +112,8 @@ def file_name_problem(name: str) -> str | None:
         return "The file name contains a path separator or control characters."
     if name in (".", ".."):
         return "The file name is not a file name."
+    if not is_utf8_encodable(name):
+        return UNENCODABLE
     return None
 
 

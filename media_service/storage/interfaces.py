@@ -36,6 +36,12 @@ class AlreadyExists(StorageError):
     """A record with the same identity already exists."""
 
 
+class InvalidValue(StorageError, ValueError):
+    """The backend cannot store or look up this value (text that is not valid Unicode, an
+    integer beyond 64 bits, ...). The schemas refuse such input first; this is the adapters'
+    translation for whatever slips past them (maps to 400, never to a 500)."""
+
+
 # --------------------------------------------------------------------------- domain records
 
 
