@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -704,3 +706,82 @@ def test_url_to_forbidden_places_is_400_naming_url(
             response = post_multipart(client, owner.basic, Part("url", url.format(port=port)))
             assert_problem(response, 400, names=["url"])
             assert_nothing_left(client, backends, owner.basic)
+
+
+class DripSource:
+    """A source on 127.0.0.1 that sends a head, then one body byte per second for `seconds`.
+
+    `closed` is set once the client has closed the connection (the server reads end of file).
+    """
+
+    def __init__(self, seconds: int = 20) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/drip.bin"
+        self.seconds = seconds
+        self.closed = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self._listener.settimeout(10)
+        try:
+            conn, _ = self._listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            try:
+                conn.recv(65536)  # the request head
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                    b"Content-Length: 1000\r\nConnection: close\r\n\r\n"
+                )
+                for _ in range(self.seconds):
+                    if self._stop.is_set():
+                        return
+                    try:
+                        if conn.recv(1) == b"":  # end of file: the client hung up
+                            self.closed.set()
+                            return
+                    except TimeoutError:
+                        pass
+                    conn.sendall(b"d")
+            except OSError:
+                self.closed.set()  # reset by the client: closed too
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._thread.join(timeout=25)
+
+
+@pytest.fixture
+def drip_source() -> Iterator[DripSource]:
+    source = DripSource()
+    yield source
+    source.close()
+
+
+def test_url_upload_is_cut_at_the_total_deadline_while_the_body_trickles(
+    tmp_path: Path, backends: Backends, owner: Credentials, drip_source: DripSource
+) -> None:
+    """MEDIA_URL_FETCH_TOTAL_TIMEOUT bounds the whole fetch, also when the body drips through
+    the upload path: 422 at about the deadline, and the connection to the source is closed."""
+    app = app_with(
+        tmp_path,
+        backends,
+        url_fetch_allow_private=True,
+        url_fetch_read_timeout=5.0,
+        url_fetch_total_timeout=1.0,
+    )
+    client = app.test_client()
+    started = time.monotonic()
+
+    response = post_multipart(client, owner.basic, Part("url", drip_source.url))
+
+    assert time.monotonic() - started < 5  # the drip lasts 20 s
+    assert_problem(response, 422)
+    assert "longer than 1 seconds" in response.get_json()["detail"]
+    assert drip_source.closed.wait(5)
+    assert_nothing_left(client, backends, owner.basic)
