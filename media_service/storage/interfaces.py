@@ -267,6 +267,10 @@ class MediaRepository(Protocol):
         """PENDING items created before `older_than`, and every DELETING item (for the sweeper)."""
         ...
 
+    def iter_ready(self, older_than: datetime) -> Iterator[MediaItem]:
+        """READY items created before `older_than` (the sweeper checks their blobs exist)."""
+        ...
+
     def ids_with_keys(self, store_keys: list[str]) -> set[str]:
         """Which of these store keys belong to any document, whatever its state."""
         ...

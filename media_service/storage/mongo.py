@@ -284,6 +284,10 @@ class MongoMediaRepository(records.StateTransitions):
         yield from self._pages({"state": "pending", "time_created": {"$lt": cutoff}})
         yield from self._pages({"state": "deleting"})
 
+    def iter_ready(self, older_than: datetime) -> Iterator[MediaItem]:
+        cutoff = records.utc_ms(older_than, "older_than")
+        yield from self._pages({"state": "ready", "time_created": {"$lt": cutoff}})
+
     def _pages(self, match: Document) -> Iterator[MediaItem]:
         query = match
         while True:

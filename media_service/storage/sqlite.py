@@ -454,6 +454,9 @@ class SqliteMediaRepository(records.StateTransitions):
         yield from self._pages("state = 'pending' AND time_created < :cutoff", older_than)
         yield from self._pages("state = 'deleting'", older_than)
 
+    def iter_ready(self, older_than: datetime) -> Iterator[MediaItem]:
+        yield from self._pages("state = 'ready' AND time_created < :cutoff", older_than)
+
     def _pages(self, where: str, older_than: datetime) -> Iterator[MediaItem]:
         after: tuple[int, str] = (-(2**63), "")
         while True:
