@@ -191,6 +191,25 @@ HEADERS_ONLY = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="filedata"
         ),
         pytest.param(
             MULTIPART,
+            # Past the decoder's buffer bound (64 kB + 2 MiB), within the body limit.
+            multipart(
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="x"; '.encode()
+                + b"a" * 2_200_000
+                + b"\r\n\r\nv\r\n"
+            ),
+            400,
+            None,
+            id="2.2MB-part-header",
+        ),
+        pytest.param(
+            MULTIPART,
+            multipart(file_part(), f"--{BOUNDARY}\r\nX-Filler: ".encode() + b"h" * 2_200_000),
+            400,
+            None,
+            id="2.2MB-header-after-file",
+        ),
+        pytest.param(
+            MULTIPART,
             multipart(*(field(f"f{i}", "v") for i in range(100)), file_part()),
             400,
             None,
