@@ -14,8 +14,14 @@ from typing import Any
 from flask import Flask, Response, g, json, request
 from werkzeug.exceptions import HTTPException
 
+from media_service.schemas.fields import printable_text
 from media_service.serving.limits import ClientTooSlow
-from media_service.storage.interfaces import BackendUnavailable
+from media_service.storage.interfaces import (
+    BackendUnavailable,
+    BlobNotFound,
+    InvalidValue,
+    StorageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +101,22 @@ class ServiceUnavailable(ApiError):
         super().__init__(detail, headers={"Retry-After": "5"})
 
 
+class ContentUnavailable(ServiceUnavailable):
+    """A visible item whose bytes the blob store does not have (see MediaService.open_content)."""
+
+    slug = "content-unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The content of this media item is temporarily unavailable.")
+
+
 def _flatten(messages: Any, prefix: str = "") -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if isinstance(messages, Mapping):
         for key, value in messages.items():
-            name = f"{prefix}.{key}" if prefix else str(key)
+            # Names come from the client (unknown fields): never echo a lone surrogate back.
+            key = printable_text(str(key))
+            name = f"{prefix}.{key}" if prefix else key
             out.extend(_flatten(value, name))
     elif isinstance(messages, list | tuple):
         if all(isinstance(m, str) for m in messages):
@@ -125,15 +142,19 @@ def problem_response(
     invalid_parameters: Sequence[Mapping[str, str]] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
+    # Details may quote client input: keep the document valid UTF-8 whatever was quoted.
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + slug if slug else "about:blank",
-        "title": title,
+        "title": printable_text(title),
         "status": status,
-        "detail": detail,
+        "detail": printable_text(detail),
         "instance": request_id(),
     }
     if invalid_parameters:
-        body["invalid_parameters"] = list(invalid_parameters)
+        body["invalid_parameters"] = [
+            {printable_text(str(k)): printable_text(str(v)) for k, v in entry.items()}
+            for entry in invalid_parameters
+        ]
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -193,6 +214,27 @@ def register_error_handlers(app: Flask) -> None:
     def _too_slow(error: ClientTooSlow) -> Response:
         # The server cut a body read short (idle timeout): the client's fault, not ours.
         return problem_response(408, "Request Timeout", str(error), slug="request-timeout")
+
+    # The adapters' other exceptions: each is normally handled in the service layer, so one
+    # arriving here is logged, but it still leaves as the problem a client can act on.
+    @app.errorhandler(InvalidValue)
+    def _invalid_value(error: InvalidValue) -> Response:
+        log.warning("a backend refused a value: %s", printable_text(str(error)))
+        return _from_api_error(
+            BadRequest("The request contains a value that cannot be stored (e.g. invalid text).")
+        )
+
+    @app.errorhandler(BlobNotFound)
+    def _blob_not_found(error: BlobNotFound) -> Response:
+        # The service answers a missing blob itself (see MediaService.open_content); this is
+        # the same answer for any other path it might escape from.
+        log.error("content missing from the blob store: key %s", error)
+        return _from_api_error(ContentUnavailable())
+
+    @app.errorhandler(StorageError)
+    def _storage(error: StorageError) -> Response:
+        log.error("untranslated storage error: %s: %s", type(error).__name__, error)
+        return _from_api_error(ServiceUnavailable("A backend failed; retry later."))
 
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Response:

@@ -80,6 +80,9 @@ def download(item_id: str) -> Any:
 
     headers.update(_content_headers(item, plan))
     if request.method == "HEAD":
+        # One cheap existence check (a stat, or S3 HeadObject), so that a HEAD never promises
+        # content a GET would not deliver.
+        service.check_content(item)
         response = Response(status=plan.status, headers=headers)
         response.headers["Content-Length"] = str(plan.length)
         return response

@@ -74,7 +74,8 @@ def _errors(*codes: str) -> dict[str, Any]:
 @blp.doc(
     summary="Upload a media file",
     description=(
-        "multipart/form-data with the file in `filedata` (or `file`), or a `url` to fetch. "
+        "multipart/form-data with the file in `filedata` (or `file`), or a `url` to fetch; "
+        "or application/x-www-form-urlencoded with a `url` (what `curl -d url=...` sends). "
         "Answers 201 with the item and a Location header pointing at its /info."
     ),
     requestBody={
@@ -99,7 +100,26 @@ def _errors(*codes: str) -> dict[str, Any]:
                         "max_downloads_allowed": {"type": "integer", "minimum": 0},
                     },
                 }
-            }
+            },
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["url"],
+                    "properties": {
+                        "url": {"type": "string", "format": "uri"},
+                        "filename": {"type": "string"},
+                        "info": {"type": "string"},
+                        "public": {"type": "boolean"},
+                        "public_item": {"type": "boolean"},
+                        "metadata_primary": {"type": "string"},
+                        "metadata_secondary": {"type": "string"},
+                        "title": {"type": "string"},
+                        "description": {"type": "string"},
+                        "mime_type": {"type": "string"},
+                        "max_downloads_allowed": {"type": "integer", "minimum": 0},
+                    },
+                }
+            },
         },
     },
     **_errors("400", "401", "403", "503"),

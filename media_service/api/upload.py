@@ -22,6 +22,7 @@ from media_service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from media_service.schemas.fields import UNENCODABLE, is_utf8_encodable
 from media_service.schemas.media import FILENAME_MAX, UploadFieldsSchema
 from media_service.service.media import StagedUpload
 from media_service.service.streams import (
@@ -41,6 +42,13 @@ from media_service.service.url_fetch import (
 from media_service.storage.interfaces import MediaItem
 
 FILE_FIELDS = frozenset({"filedata", "file"})
+URLENCODED = "application/x-www-form-urlencoded"
+# A urlencoded upload carries no file, only a url and the small fields (like PUT /info's body).
+MAX_URLENCODED_BODY = 256 * 1024
+NOT_AN_UPLOAD = (
+    "An upload must be multipart/form-data, or application/x-www-form-urlencoded with a 'url' "
+    "to fetch."
+)
 # Room for the multipart framing and the small fields around the file.
 FORM_OVERHEAD = 2 * 1024 * 1024
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -48,8 +56,10 @@ _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 def receive_upload(principal: Principal) -> MediaItem:
     """Read the upload request and return the new, visible item."""
+    if request.mimetype == URLENCODED:
+        return _receive_url_form(principal)
     if request.mimetype != "multipart/form-data":
-        raise UnsupportedMediaType("An upload must be multipart/form-data.")
+        raise UnsupportedMediaType(NOT_AN_UPLOAD)
     boundary = request.mimetype_params.get("boundary", "")
     if not boundary or len(boundary) > 200:
         raise BadRequest("The multipart Content-Type has no valid boundary.")
@@ -99,6 +109,33 @@ def receive_upload(principal: Principal) -> MediaItem:
         raise
 
 
+def _receive_url_form(principal: Principal) -> MediaItem:
+    """A urlencoded upload (what `curl -d url=...` sends): fetch the url, same fields as multipart.
+
+    Without a `url` it is not an upload we can take (a file cannot be sent urlencoded): 415,
+    as for any other type that is not multipart.
+    """
+    if request.content_length is not None and request.content_length > MAX_URLENCODED_BODY:
+        raise PayloadTooLarge(f"A urlencoded upload is limited to {MAX_URLENCODED_BODY} bytes.")
+    # Without Content-Length (chunked) Werkzeug stops quietly at the limit: read one byte more
+    # than allowed so that an oversize body is refused rather than parsed cut short.
+    request.max_content_length = MAX_URLENCODED_BODY + 1
+    request.max_form_memory_size = MAX_URLENCODED_BODY
+    if len(request.get_data(cache=True)) > MAX_URLENCODED_BODY:
+        raise PayloadTooLarge(f"A urlencoded upload is limited to {MAX_URLENCODED_BODY} bytes.")
+    form = request.form  # parsed from the cached copy
+    if "url" not in form:
+        raise UnsupportedMediaType(NOT_AN_UPLOAD)
+    problems = {name: ["Given more than once."] for name in form if len(form.getlist(name)) > 1}
+    fields = form.to_dict()
+    for name in FILE_FIELDS & fields.keys():
+        problems[name] = ["A file cannot be sent urlencoded; use multipart/form-data."]
+        del fields[name]  # reported once, not again as an unknown field
+    values = _validate_fields(fields, problems, has_file=False)
+    staged = _stage_from_url(principal, values.pop("url"))
+    return media_service().publish_upload(staged, values)  # abandons the upload if it fails
+
+
 def _checked_file_name(part: FilePart) -> str | None:
     if part.filename is None:
         return None
@@ -121,6 +158,8 @@ def file_name_problem(name: str) -> str | None:
         return "The file name contains a path separator or control characters."
     if name in (".", ".."):
         return "The file name is not a file name."
+    if not is_utf8_encodable(name):
+        return UNENCODABLE
     return None
 
 

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from media_service.auth.acl import Acl, parse_acl
 from media_service.auth.principal import Principal
 from media_service.errors import Unauthorized
+from media_service.schemas.fields import is_utf8_encodable
 from media_service.storage.interfaces import CredentialStore
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,10 @@ def _unverified_application_id(token: str) -> str:
         claims = jwt.decode(token, options={"verify_signature": False})
     except _TOKEN_ERRORS:
         raise _invalid("malformed token") from None
+    if not _all_text_encodable(claims):
+        # JSON escapes such as \ud800 decode to lone surrogates, which no store can look up and
+        # no log can write: refused here, before any claim is used.
+        raise _invalid("malformed token")
     application_id = claims.get("application_id")
     if (
         not isinstance(application_id, str)
@@ -122,6 +127,22 @@ def _unverified_application_id(token: str) -> str:
     ):
         raise _invalid("missing or malformed application_id")
     return application_id
+
+
+def _all_text_encodable(value: object) -> bool:
+    """Tell whether every string in a decoded JSON value (names too) is valid UTF-8 text."""
+    pending = [value]  # iterative: a deeply nested claim must not exhaust the stack
+    while pending:
+        current = pending.pop()
+        if isinstance(current, str):
+            if not is_utf8_encodable(current):
+                return False
+        elif isinstance(current, dict):
+            pending.extend(current.keys())
+            pending.extend(current.values())
+        elif isinstance(current, list):
+            pending.extend(current)
+    return True
 
 
 def _verified_claims(token: str, public_keys: tuple[str, ...]) -> dict[str, Any]:

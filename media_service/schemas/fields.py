@@ -14,7 +14,31 @@ from media_service.http.dates import format_iso_millis, parse_iso8601
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CONTROL_STRICT = re.compile(r"[\x00-\x1f\x7f]")
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 MAX_JSON_INT = 2**31 - 1
+
+UNENCODABLE = "Contains characters that cannot be encoded as UTF-8 (lone surrogates)."
+
+
+def is_utf8_encodable(text: str) -> bool:
+    """Tell whether `text` can be encoded as UTF-8, i.e. holds no lone surrogate.
+
+    JSON's \\ud800 escapes (in a body or a token) decode to such strings; no backend can store
+    them and no client can read them back, so they are refused where input enters.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_text(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD: safe to echo in an error or a log."""
+    if is_utf8_encodable(text):
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 class StrictBoolean(fields.Boolean):
@@ -68,6 +92,25 @@ class Text(fields.String):
             raise ValidationError(f"Longer than {self.max_length} characters.")
         if self.pattern.search(value):
             raise ValidationError("Contains control characters.")
+        if not is_utf8_encodable(value):
+            raise ValidationError(UNENCODABLE)
+        return value
+
+
+class Url(fields.String):
+    """A bounded string naming a URL to fetch (the fetcher checks the rest)."""
+
+    def __init__(self, *, max_length: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_length = max_length
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        if not isinstance(value, str):
+            raise ValidationError("Not a valid string.")
+        if not 1 <= len(value) <= self.max_length:
+            raise ValidationError(f"Length must be between 1 and {self.max_length}.")
+        if not is_utf8_encodable(value):
+            raise ValidationError(UNENCODABLE)
         return value
 
 

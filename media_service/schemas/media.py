@@ -17,7 +17,14 @@ from marshmallow import (
     validates_schema,
 )
 
-from media_service.schemas.fields import CountInteger, IsoDateTime, MimeType, StrictBoolean, Text
+from media_service.schemas.fields import (
+    CountInteger,
+    IsoDateTime,
+    MimeType,
+    StrictBoolean,
+    Text,
+    Url,
+)
 from media_service.storage.interfaces import MediaItem
 
 # Bounds on user strings: generous for metadata (often JSON), tight for short labels.
@@ -102,7 +109,7 @@ class UploadFieldsSchema(_UpdatableFieldsSchema):
 
     filename = Text(max_length=FILENAME_MAX, multiline=False)
     info = Text(max_length=METADATA_MAX)
-    url = fields.String(validate=validate.Length(min=1, max=URL_MAX))
+    url = Url(max_length=URL_MAX)
 
     @post_load
     def _info_is_primary_metadata(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

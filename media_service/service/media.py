@@ -22,12 +22,20 @@ from typing import Any
 import puremagic
 
 from media_service.auth import Principal
-from media_service.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
+from media_service.errors import (
+    ApiError,
+    ContentUnavailable,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from media_service.schemas.fields import normalise_mime_type
 from media_service.service.streams import HashingReader, Readable
 from media_service.settings import Settings
 from media_service.storage.interfaces import (
     Backends,
+    BlobNotFound,
     BlobStream,
     CountOutcome,
     ItemState,
@@ -270,7 +278,34 @@ class MediaService:
     # ------------------------------------------------------------------ download
 
     def open_content(self, item: MediaItem, start: int, length: int) -> BlobStream:
-        return self.blobs.open(item.store_key, start, length)
+        """Open the item's bytes; 404 if it was deleted since `item` was read, 503 if lost."""
+        try:
+            return self.blobs.open(item.store_key, start, length)
+        except BlobNotFound:
+            raise self._missing_content(item) from None
+
+    def check_content(self, item: MediaItem) -> None:
+        """Fail as open_content would, reading nothing: HEAD must answer what GET answers."""
+        self.open_content(item, 0, 0).close()
+
+    def _missing_content(self, item: MediaItem) -> ApiError:
+        current = self.media.get(item.id)
+        if current is None or current.store_key != item.store_key:
+            # Deleted between the metadata read and the blob open (a delete removes the bytes
+            # once the tombstone hides the item): what a request after the delete answers.
+            return NotFound("No media item with that id.")
+        # Still READY without its bytes: lost behind the service's back (an operator's delete, a
+        # restore that missed them, a replica behind). 503, not 404: the item does exist (its
+        # /info and searches say so), the fault is the server's, and it can be repaired by
+        # putting the bytes back; a 404 would tell clients to forget an item that is still
+        # listed, and would hide the fault among ordinary misses. The sweeper counts these.
+        log.error(
+            "media item %s is ready but its content (blob %s) is missing from the %s store",
+            item.id,
+            item.store_key,
+            self.blobs.store_id,
+        )
+        return ContentUnavailable()
 
     def count_download(self, access: DownloadAccess) -> None:
         """Count one download; all but the owner are refused once the limit is reached."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+from werkzeug.exceptions import HTTPException
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from media_service.errors import ApiError, BadRequest, PayloadTooLarge
@@ -90,6 +92,26 @@ class MalformedMultipart(BadRequest):
     title, slug = "Malformed multipart body", "malformed-multipart"
 
 
+@contextmanager
+def _decoder_errors() -> Iterator[None]:
+    """Turn whatever Werkzeug's decoder raises into MalformedMultipart (a 400).
+
+    Both of its entry points raise: next_event() on a malformed body, and receive_data() once
+    its buffer outgrows max_form_memory_size (an over-long part header), as a
+    RequestEntityTooLarge that would otherwise leave as a bare 413.
+    """
+    try:
+        yield
+    except ValueError as error:  # the decoder's way of saying "not multipart"
+        raise MalformedMultipart(f"The multipart body is malformed: {error}") from None
+    except HTTPException as error:  # RequestEntityTooLarge: a header or field too big
+        if error.code == 413:
+            raise MalformedMultipart(
+                "A part header or field is too large, or there are too many parts."
+            ) from None
+        raise MalformedMultipart(f"The multipart body is malformed: {error.description}") from None
+
+
 class MultipartStream:
     """Iterate the parts of a multipart/form-data body read from `stream` with bounded memory."""
 
@@ -115,26 +137,19 @@ class MultipartStream:
     def _feed(self) -> None:
         if self._eof:
             raise MalformedMultipart("The multipart body ended before its closing boundary.")
-        chunk = self._stream.read(READ_SIZE)
-        if not chunk:
-            self._eof = True
-            self._decoder.receive_data(None)
-        else:
-            self._decoder.receive_data(chunk)
+        chunk = self._stream.read(READ_SIZE)  # our own errors (413, client gone) pass through
+        with _decoder_errors():
+            if not chunk:
+                self._eof = True
+                self._decoder.receive_data(None)
+            else:
+                self._decoder.receive_data(chunk)
 
     def next_event(self) -> object:
         """The decoder's next event, reading more of the body as needed."""
         while True:
-            try:
+            with _decoder_errors():
                 event = self._decoder.next_event()
-            except ValueError as error:  # the decoder's way of saying "not multipart"
-                raise MalformedMultipart(f"The multipart body is malformed: {error}") from None
-            except Exception as error:  # RequestEntityTooLarge: a header or field too big
-                if getattr(error, "code", None) == 413:
-                    raise MalformedMultipart(
-                        "A part header or field is too large, or there are too many parts."
-                    ) from None
-                raise
             if isinstance(event, NeedData):
                 self._feed()
                 continue

@@ -5,7 +5,10 @@ Safe to run at any time, also beside live traffic, and idempotent:
   (an upload still running past the grace finds its item gone and fails cleanly);
 * a DELETING item is a delete that died after its tombstone: finish it;
 * a blob whose key no document references (and older than the grace period) is removed:
-  uploads write the document before the bytes, so such a blob can only be a leftover.
+  uploads write the document before the bytes, so such a blob can only be a leftover;
+* a READY item (older than the grace period) whose blob is missing is reported, counted and
+  logged as an error, never removed: its bytes were lost behind the service's back, and only
+  an operator can tell whether to restore them or delete the item (downloads answer 503).
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 
-from media_service.storage.interfaces import Backends, ItemState, StorageError
+from media_service.storage.interfaces import (
+    Backends,
+    BlobNotFound,
+    ItemState,
+    MediaItem,
+    StorageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +36,7 @@ class SweepReport:
     pending_rolled_back: int = 0
     deletes_finished: int = 0
     orphan_blobs_removed: int = 0
+    ready_missing_blob: int = 0
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -50,8 +60,10 @@ def sweep(backends: Backends, *, now: datetime, grace: timedelta) -> SweepReport
         else:
             report.pending_rolled_back += 1
 
+    listed: set[str] = set()  # every key seen, for the READY items' check below
     blobs = iter(backends.blobs.list_blobs())
     while batch := list(islice(blobs, BATCH)):
+        listed.update(b.key for b in batch)
         candidates = [b for b in batch if b.last_modified <= cutoff]
         if not candidates:
             continue
@@ -66,9 +78,42 @@ def sweep(backends: Backends, *, now: datetime, grace: timedelta) -> SweepReport
                 report.errors += 1
                 log.warning("sweeper could not remove blob %s: %s", blob.key, error)
 
+    for item in backends.media.iter_ready(older_than=cutoff):
+        if item.store_key in listed:
+            continue
+        try:
+            if _blob_is_lost(backends, item):
+                report.ready_missing_blob += 1
+        except StorageError as error:
+            report.errors += 1
+            log.warning("sweeper could not check the blob of %s: %s", item.id, error)
+
     remove_stale_temp = getattr(backends.blobs, "remove_stale_temp", None)
     if remove_stale_temp is not None:
         # The file store ages temp files by the wall clock: a `now` ahead of it shortens the age.
         ahead = max(0.0, (now - datetime.now(UTC)).total_seconds())
         remove_stale_temp(max(0.0, grace.total_seconds() - ahead))
     return report
+
+
+def _blob_is_lost(backends: Backends, item: MediaItem) -> bool:
+    """Check one READY item the listing found no blob for; log it as an error if it is lost.
+
+    The listing came first, so an upload that finished after it, or a delete since, is no
+    loss: the blob is opened (zero bytes) and the item read again before anything is said.
+    """
+    try:
+        backends.blobs.open(item.store_key, 0, 0).close()
+        return False  # written after the listing
+    except BlobNotFound:
+        pass
+    current = backends.media.get(item.id)
+    if current is None or current.store_key != item.store_key:
+        return False  # deleted meanwhile
+    log.error(
+        "media item %s is ready but its content (blob %s) is missing from the %s store",
+        item.id,
+        item.store_key,
+        backends.blobs.store_id,
+    )
+    return True

@@ -207,6 +207,8 @@ def _parse_target(url: str) -> _Target:
         any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in url),
         "The URL contains whitespace, control characters or backslashes.",
     )
+    # Lone surrogates cannot be percent-encoded (quote() would raise): not a URL anyone can send.
+    _refuse_if(any(0xD800 <= ord(c) <= 0xDFFF for c in url), "The URL contains invalid characters.")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -258,6 +260,7 @@ class _Deadline:
         self._lock = threading.Lock()
         self._fired = False
         self._conn: HTTPConnection | None = None
+        self._sock: socket.socket | None = None
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
         self._timer.start()
@@ -273,12 +276,20 @@ class _Deadline:
         return UrlFetchFailed(f"Fetching the URL took longer than {self._seconds:g} seconds.")
 
     def watch(self, conn: HTTPConnection | None) -> None:
-        """Make `conn` the connection to cut at expiry (None: nothing to cut any more)."""
+        """Make `conn` the connection to cut at expiry (None: nothing to cut any more).
+
+        Call it again once `conn` is connected: its socket is captured then. http.client drops
+        `conn.sock` as soon as an answer that ends with the connection (`Connection: close`,
+        HTTP/1.0) has begun, handing the socket to the response; without the captured socket
+        the watchdog would have nothing left to cut while such a body trickles in.
+        """
+        sock = conn.sock if conn is not None else None
         with self._lock:
             self._conn = conn
+            self._sock = sock
             fired = self._fired
         if fired and conn is not None:
-            _shutdown(conn)
+            _shutdown(conn, sock)
 
     def cancel(self) -> None:
         self._timer.cancel()
@@ -287,14 +298,19 @@ class _Deadline:
     def _fire(self) -> None:
         with self._lock:
             self._fired = True
-            conn = self._conn
+            conn, sock = self._conn, self._sock
         if conn is not None:
-            _shutdown(conn)
+            _shutdown(conn, sock)
 
 
-def _shutdown(conn: HTTPConnection) -> None:
-    """Shut the connection's socket down without closing it under a reading thread."""
-    sock = conn.sock
+def _shutdown(conn: HTTPConnection, captured: socket.socket | None = None) -> None:
+    """Shut the connection's socket down without closing it under a reading thread.
+
+    `captured` is the socket seen when the connection was made (see _Deadline.watch). Holding
+    the socket object, not its number, is safe: once really closed its fileno() is -1, so a
+    late shutdown fails harmlessly instead of hitting a descriptor reused elsewhere.
+    """
+    sock = captured if captured is not None else conn.sock
     if sock is None:
         return
     try:
@@ -563,6 +579,7 @@ def _connect(
             conn.close()
             failure = _failure(exc, deadline, "connecting")
             continue
+        deadline.watch(conn)  # again, now that it has a socket to capture
         if deadline.expired:
             conn.close()
             raise deadline.error()

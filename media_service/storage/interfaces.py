@@ -36,6 +36,12 @@ class AlreadyExists(StorageError):
     """A record with the same identity already exists."""
 
 
+class InvalidValue(StorageError, ValueError):
+    """The backend cannot store or look up this value (text that is not valid Unicode, an
+    integer beyond 64 bits, ...). The schemas refuse such input first; this is the adapters'
+    translation for whatever slips past them (maps to 400, never to a 500)."""
+
+
 # --------------------------------------------------------------------------- domain records
 
 
@@ -259,6 +265,10 @@ class MediaRepository(Protocol):
 
     def iter_hidden(self, older_than: datetime) -> Iterator[MediaItem]:
         """PENDING items created before `older_than`, and every DELETING item (for the sweeper)."""
+        ...
+
+    def iter_ready(self, older_than: datetime) -> Iterator[MediaItem]:
+        """READY items created before `older_than` (the sweeper checks their blobs exist)."""
         ...
 
     def ids_with_keys(self, store_keys: list[str]) -> set[str]:

@@ -32,6 +32,7 @@ from media_service.storage.interfaces import (
     BackendUnavailable,
     CountOutcome,
     CountResult,
+    InvalidValue,
     MediaItem,
     SearchPage,
     SearchQuery,
@@ -65,6 +66,9 @@ def _translated() -> Iterator[None]:
         yield
     except DuplicateKeyError as exc:
         raise AlreadyExists(str(exc)) from exc
+    except (UnicodeEncodeError, OverflowError) as exc:
+        # A value BSON cannot encode (records.py refuses these first; this is the backstop).
+        raise InvalidValue(f"a value cannot be stored: {type(exc).__name__}") from None
     except PyMongoError as exc:
         if _unavailable(exc):
             raise BackendUnavailable("database", str(exc)) from exc
@@ -279,6 +283,10 @@ class MongoMediaRepository(records.StateTransitions):
         cutoff = records.utc_ms(older_than, "older_than")
         yield from self._pages({"state": "pending", "time_created": {"$lt": cutoff}})
         yield from self._pages({"state": "deleting"})
+
+    def iter_ready(self, older_than: datetime) -> Iterator[MediaItem]:
+        cutoff = records.utc_ms(older_than, "older_than")
+        yield from self._pages({"state": "ready", "time_created": {"$lt": cutoff}})
 
     def _pages(self, match: Document) -> Iterator[MediaItem]:
         query = match

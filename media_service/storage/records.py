@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from media_service.storage.interfaces import (
     UPDATABLE_FIELDS,
+    InvalidValue,
     ItemState,
     MediaItem,
     SearchQuery,
@@ -45,6 +46,19 @@ def require_id(value: object, name: str = "item_id") -> str:
     """Return `value` if it is a string; anything else could become a query operator."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    return require_text(value, name)
+
+
+def require_text(value: str, name: str) -> str:
+    """Return `value` if both databases can store it: UTF-8 encodable (no lone surrogate).
+
+    Each driver would fail with its own UnicodeEncodeError deep inside; this fails first, the
+    same way for both, as the ports' InvalidValue. The value itself is not quoted.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidValue(f"{name} is not valid Unicode text") from None
     return value
 
 
@@ -89,11 +103,13 @@ def encode_field(name: str, value: object) -> object:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int")
         if not 0 <= value <= _INT64_MAX:
-            raise ValueError(f"{name} out of range")
+            raise InvalidValue(f"{name} out of range")
         return value
-    if value is not None and not isinstance(value, str):
+    if value is None:
+        return None
+    if not isinstance(value, str):
         raise TypeError(f"{name} must be a str or None")
-    return value
+    return require_text(value, name)
 
 
 def item_record(item: MediaItem) -> dict[str, object]:

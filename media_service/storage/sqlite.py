@@ -22,6 +22,7 @@ from media_service.storage.interfaces import (
     BackendUnavailable,
     CountOutcome,
     CountResult,
+    InvalidValue,
     MediaItem,
     SearchPage,
     SearchQuery,
@@ -180,6 +181,9 @@ def _translated() -> Iterator[None]:
         raise
     except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
         raise  # a bug in this module, not a sick database
+    except (UnicodeEncodeError, OverflowError) as exc:
+        # A value sqlite3 cannot bind (records.py refuses these first; this is the backstop).
+        raise InvalidValue(f"a value cannot be stored: {type(exc).__name__}") from None
     except sqlite3.DatabaseError as exc:
         # Locked past busy_timeout, I/O error, disk full, unable to open, not a database...
         raise BackendUnavailable("database", str(exc)) from exc
@@ -449,6 +453,9 @@ class SqliteMediaRepository(records.StateTransitions):
         # long-lived read would hold back WAL checkpoints.
         yield from self._pages("state = 'pending' AND time_created < :cutoff", older_than)
         yield from self._pages("state = 'deleting'", older_than)
+
+    def iter_ready(self, older_than: datetime) -> Iterator[MediaItem]:
+        yield from self._pages("state = 'ready' AND time_created < :cutoff", older_than)
 
     def _pages(self, where: str, older_than: datetime) -> Iterator[MediaItem]:
         after: tuple[int, str] = (-(2**63), "")

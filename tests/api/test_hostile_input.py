@@ -191,6 +191,25 @@ HEADERS_ONLY = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="filedata"
         ),
         pytest.param(
             MULTIPART,
+            # Past the decoder's buffer bound (64 kB + 2 MiB), within the body limit.
+            multipart(
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="x"; '.encode()
+                + b"a" * 2_200_000
+                + b"\r\n\r\nv\r\n"
+            ),
+            400,
+            None,
+            id="2.2MB-part-header",
+        ),
+        pytest.param(
+            MULTIPART,
+            multipart(file_part(), f"--{BOUNDARY}\r\nX-Filler: ".encode() + b"h" * 2_200_000),
+            400,
+            None,
+            id="2.2MB-header-after-file",
+        ),
+        pytest.param(
+            MULTIPART,
             multipart(*(field(f"f{i}", "v") for i in range(100)), file_part()),
             400,
             None,
@@ -780,6 +799,8 @@ ITEM_ENDPOINTS = [
         pytest.param("%27%20OR%201%3D1%20--", id="sql-injection"),
         pytest.param("%7B%22%24gt%22%3A%22%22%7D", id="operator-object"),
         pytest.param("%C3%BC" * 36, id="unicode"),
+        pytest.param("%ED%A0%80", id="encoded-surrogate"),
+        pytest.param("00000000-0000-4000-8000-00000000000%ED%A0%80", id="uuid-with-surrogate"),
     ],
 )
 @pytest.mark.parametrize(("method", "template"), ITEM_ENDPOINTS)
@@ -866,6 +887,8 @@ def test_unrouted_requests_are_problems(
             id="end-before-start",
         ),
         pytest.param("page_size=abc&order=up", ["order", "page_size"], id="two-bad"),
+        pytest.param("order=%ED%A0%80", ["order"], id="order-encoded-surrogate"),
+        pytest.param("start_time=%ED%A0%80", ["start_time"], id="start-encoded-surrogate"),
     ],
 )
 def test_bad_search_parameters_are_400(
@@ -950,6 +973,8 @@ GARBAGE_AUTHORIZATION = [
     pytest.param(_basic(b"acct0001:wrong-secret-0123456789"), id="basic-wrong-secret"),
     pytest.param(_basic(b"\xff\xfe:\x00"), id="basic-binary"),
     pytest.param(_basic(b":"), id="basic-empty-pair"),
+    pytest.param(_basic(b"\xed\xa0\x80:secret-0123456789abcdef"), id="basic-encoded-surrogate"),
+    pytest.param(_basic(b"acct0001\xed\xa0\x80:x"), id="basic-key-with-surrogate"),
     pytest.param("Basic " + "A" * 20_000, id="basic-20kB"),
     pytest.param("Bearer a.b.c", id="bearer-a.b.c"),
     pytest.param("Bearer", id="bearer-alone"),
@@ -1020,3 +1045,127 @@ def test_basic_and_jwt_together_is_400(client: FlaskClient, owner: Credentials) 
     )
 
     assert_problem(response, 400)
+
+
+# --- text that cannot be encoded as UTF-8 (lone surrogates) -----------------------------------
+
+LONE_SURROGATE = "\ud800"
+
+
+def unsigned_token(claims: dict[str, Any], *, alg: str = "RS256") -> str:
+    """A token nobody signed; `claims` may hold lone surrogates (json escapes them)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": alg}).encode())
+    return f"{header}.{b64(json.dumps(claims).encode())}.AAAA"
+
+
+def _now() -> int:
+    return int(datetime.now(UTC).timestamp())
+
+
+UNENCODABLE_CLAIMS = [
+    pytest.param(lambda: {"application_id": LONE_SURROGATE, "iat": _now()}, id="application-id"),
+    pytest.param(
+        lambda: {"application_id": "app-one" + LONE_SURROGATE, "iat": _now()},
+        id="application-id-suffix",
+    ),
+    pytest.param(
+        lambda: {"application_id": "app-one", "iat": _now(), "jti": LONE_SURROGATE}, id="jti"
+    ),
+    pytest.param(
+        lambda: {"application_id": "app-one", "iat": _now(), LONE_SURROGATE: 1}, id="claim-name"
+    ),
+    pytest.param(
+        lambda: {
+            "application_id": "app-one",
+            "iat": _now(),
+            "acl": {"paths": {"/" + LONE_SURROGATE: {}}},
+        },
+        id="acl-path",
+    ),
+]
+
+
+@pytest.mark.parametrize("claims", UNENCODABLE_CLAIMS)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        pytest.param("GET", "/v3/media", id="search"),
+        pytest.param("GET", "/v3/media/{id}/info", id="info"),
+        pytest.param("GET", "/v3/media/{id}", id="download"),
+        pytest.param("HEAD", "/v3/media/{id}", id="head"),
+    ],
+)
+@pytest.mark.parametrize("where", ["header", "query"])
+def test_unencodable_token_claims_are_401(
+    client: FlaskClient,
+    item: dict[str, Any],
+    claims: Any,
+    method: str,
+    path: str,
+    where: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    token = unsigned_token(claims())
+    headers = {"Authorization": f"Bearer {token}"} if where == "header" else {}
+    query = {"jwt-token": token} if where == "query" else {}
+
+    response = client.open(
+        path.format(id=item["id"]), method=method, headers=headers, query_string=query
+    )
+
+    assert_problem(response, 401)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+UNENCODABLE_UPDATES = [
+    pytest.param({"title": LONE_SURROGATE}, ["title"], id="title"),
+    pytest.param({"title": "ok" + LONE_SURROGATE + "ok"}, ["title"], id="title-middle"),
+    pytest.param({"description": LONE_SURROGATE}, ["description"], id="description"),
+    pytest.param({"metadata_primary": "\udfff"}, ["metadata_primary"], id="metadata-primary"),
+    pytest.param({"metadata_secondary": LONE_SURROGATE}, ["metadata_secondary"], id="secondary"),
+    pytest.param({"mime_type": "audio/" + LONE_SURROGATE}, ["mime_type"], id="mime-type"),
+    pytest.param({"title": "x", "\ud800name": "y"}, ["\ufffdname"], id="unknown-field-name"),
+]
+
+
+@pytest.mark.parametrize(("body", "names"), UNENCODABLE_UPDATES)
+@pytest.mark.parametrize("path", ["/v3/media/{id}/info", "/v3/media/{id}"])
+def test_unencodable_update_fields_are_400(
+    client: FlaskClient,
+    owner: Credentials,
+    item: dict[str, Any],
+    body: dict[str, Any],
+    names: list[str],
+    path: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # json.dumps escapes the surrogate as \ud800, as a hostile client would send it.
+    response = client.put(
+        path.format(id=item["id"]),
+        data=json.dumps(body),
+        content_type="application/json",
+        headers=owner.basic,
+    )
+
+    problem = assert_problem(response, 400, names)
+    # The problem document itself is valid UTF-8 all the way down.
+    json.dumps(problem, ensure_ascii=False).encode("utf-8")
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert client.get(f"/v3/media/{item['id']}/info", headers=owner.basic).get_json() == item
+
+
+def test_unencodable_text_never_reaches_a_repository(world: World) -> None:
+    """Below the schemas, the adapters translate what they cannot store: never a bare error."""
+    from media_service.storage.interfaces import InvalidValue
+
+    media, credentials = world.backends.media, world.backends.credentials
+    with pytest.raises(InvalidValue):
+        credentials.get_application(LONE_SURROGATE)
+    with pytest.raises(InvalidValue):
+        credentials.get_account(LONE_SURROGATE)
+    with pytest.raises(InvalidValue):
+        media.get(LONE_SURROGATE)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from flask import Flask
@@ -704,3 +707,167 @@ def test_url_to_forbidden_places_is_400_naming_url(
             response = post_multipart(client, owner.basic, Part("url", url.format(port=port)))
             assert_problem(response, 400, names=["url"])
             assert_nothing_left(client, backends, owner.basic)
+
+
+class DripSource:
+    """A source on 127.0.0.1 that sends a head, then one body byte per second for `seconds`.
+
+    `closed` is set once the client has closed the connection (the server reads end of file).
+    """
+
+    def __init__(self, seconds: int = 20) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/drip.bin"
+        self.seconds = seconds
+        self.closed = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self._listener.settimeout(10)
+        try:
+            conn, _ = self._listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            try:
+                conn.recv(65536)  # the request head
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                    b"Content-Length: 1000\r\nConnection: close\r\n\r\n"
+                )
+                for _ in range(self.seconds):
+                    if self._stop.is_set():
+                        return
+                    try:
+                        if conn.recv(1) == b"":  # end of file: the client hung up
+                            self.closed.set()
+                            return
+                    except TimeoutError:
+                        pass
+                    conn.sendall(b"d")
+            except OSError:
+                self.closed.set()  # reset by the client: closed too
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._thread.join(timeout=25)
+
+
+@pytest.fixture
+def drip_source() -> Iterator[DripSource]:
+    source = DripSource()
+    yield source
+    source.close()
+
+
+def test_url_upload_is_cut_at_the_total_deadline_while_the_body_trickles(
+    tmp_path: Path, backends: Backends, owner: Credentials, drip_source: DripSource
+) -> None:
+    """MEDIA_URL_FETCH_TOTAL_TIMEOUT bounds the whole fetch, also when the body drips through
+    the upload path: 422 at about the deadline, and the connection to the source is closed."""
+    app = app_with(
+        tmp_path,
+        backends,
+        url_fetch_allow_private=True,
+        url_fetch_read_timeout=5.0,
+        url_fetch_total_timeout=1.0,
+    )
+    client = app.test_client()
+    started = time.monotonic()
+
+    response = post_multipart(client, owner.basic, Part("url", drip_source.url))
+
+    assert time.monotonic() - started < 5  # the drip lasts 20 s
+    assert_problem(response, 422)
+    assert "longer than 1 seconds" in response.get_json()["detail"]
+    assert drip_source.closed.wait(5)
+    assert_nothing_left(client, backends, owner.basic)
+
+
+# --------------------------------------------------------------------------- urlencoded url uploads
+
+
+def post_form(client: FlaskClient, headers: dict[str, str], body: bytes) -> Any:
+    return client.post(
+        "/v3/media",
+        data=body,
+        headers=headers,
+        content_type="application/x-www-form-urlencoded",
+    )
+
+
+def test_urlencoded_url_upload_works_like_multipart(
+    fetching_client: FlaskClient, owner: Credentials, loopback: tuple[str, Routes]
+) -> None:
+    """`curl -d url=...` sends application/x-www-form-urlencoded: a url upload, same fields."""
+    base, routes = loopback
+    content = b"fetched for a form"
+    routes["/media/form.ogg"] = (content, "audio/ogg")
+    url = f"{base}/media/form.ogg"
+    body = urlencode(
+        {
+            "url": url,
+            "title": "From a form",
+            "public": "true",
+            "info": '{"k": 1}',
+            "max_downloads_allowed": "3",
+            "filename": "named.ogg",
+        }
+    ).encode()
+
+    response = post_form(fetching_client, owner.bearer(), body)
+
+    item = created(response)
+    assert response.headers["Location"] == f"http://localhost/v3/media/{item['id']}/info"
+    assert item["source_url"] == url
+    assert item["original_file_name"] == "named.ogg"
+    assert item["mime_type"] == "audio/ogg"
+    assert item["media_size"] == len(content)
+    assert item["title"] == "From a form"
+    assert item["public"] is True
+    assert item["metadata_primary"] == '{"k": 1}'
+    assert item["max_downloads_allowed"] == 3
+    assert item["application_id"] == "app-one"
+    got = fetching_client.get(f"/v3/media/{item['id']}")
+    assert got.status_code == 200 and got.data == content
+
+
+URLENCODED_REFUSALS = [
+    pytest.param(b"url=http://example.com/a&url=http://example.com/b", 400, ["url"], id="two-urls"),
+    pytest.param(b"url=http://example.com/a&colour=red", 400, ["colour"], id="unknown-field"),
+    pytest.param(b"url=http://example.com/a&public=maybe", 400, ["public"], id="bad-public"),
+    pytest.param(b"url=http://example.com/a&filedata=abc", 400, ["filedata"], id="file-and-url"),
+    pytest.param(b"url=", 400, ["url"], id="empty-url"),
+    pytest.param(b"url=http://127.0.0.1:1/a", 400, ["url"], id="loopback-url"),
+    pytest.param(b"url=http://example.com/a&title=a%00b", 400, ["title"], id="title-nul"),
+    pytest.param(b"title=no+url", 415, None, id="no-url"),
+    pytest.param(b"", 415, None, id="empty-body"),
+    pytest.param(b"url=http://example.com/" + b"a" * 300_000, 413, None, id="300kB"),
+]
+
+
+def test_urlencoded_refusals(
+    subtests: pytest.Subtests, client: FlaskClient, backends: Backends, owner: Credentials
+) -> None:
+    """A urlencoded upload is validated like a multipart one; without a url it is no upload."""
+    for case in URLENCODED_REFUSALS:
+        with subtests.test(case.id):
+            body, status, names = case.values
+            assert_problem(post_form(client, owner.basic, body), status, names=names)
+            assert_nothing_left(client, backends, owner.basic)
+
+
+def test_urlencoded_url_failures_leave_nothing(
+    fetching_client: FlaskClient,
+    backends: Backends,
+    owner: Credentials,
+    loopback: tuple[str, Routes],
+) -> None:
+    base, _routes = loopback
+    response = post_form(fetching_client, owner.basic, f"url={base}/missing.wav".encode())
+    assert_problem(response, 422)
+    assert_nothing_left(fetching_client, backends, owner.basic)

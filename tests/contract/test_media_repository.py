@@ -515,6 +515,27 @@ def test_iter_hidden_pages_through_while_items_are_removed(
     assert sorted(seen) == sorted(item.id for item in hidden)
 
 
+def test_iter_ready_yields_ready_items_created_before_the_cutoff(repo: MediaRepository) -> None:
+    old = add(repo, time_created=T0 - MINUTE)
+    older = add(repo, time_created=T0 - timedelta(days=30))
+    add(repo, time_created=T0)  # not strictly older
+    add(repo, time_created=T0 + MINUTE)
+    add(repo, state=ItemState.PENDING, time_created=T0 - MINUTE)
+    add(repo, state=ItemState.DELETING, time_created=T0 - MINUTE)
+    found = list(repo.iter_ready(T0))
+    assert sorted(i.id for i in found) == sorted([old.id, older.id])
+    assert {i.id: i for i in found}[old.id] == old
+
+
+def test_iter_ready_pages_through_every_item(
+    repo: MediaRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "_BATCH", 2)
+    monkeypatch.setattr(mongo, "_BATCH", 2)
+    ready = [add(repo, time_created=T0 - i * MINUTE) for i in (1, 1, 2, 3, 4)]
+    assert sorted(i.id for i in repo.iter_ready(T0)) == sorted(i.id for i in ready)
+
+
 def test_ids_with_keys_reports_referenced_keys_whatever_the_state(
     repo: MediaRepository, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,12 +11,15 @@ Bounded: MAX_EXAMPLES per operation, no deadline, no example database.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import io
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -30,9 +33,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from media_service.api import upload as upload_api
 from media_service.auth import generate_rsa_keypair
 from media_service.backends import open_backends
 from media_service.factory import create_app
+from media_service.service.url_fetch import FetchedBody, UrlFetchPolicy, open_url
 from tests.conftest import make_settings, provision
 
 MAX_EXAMPLES = 25
@@ -73,6 +78,23 @@ REPEATABLE = settings(BOUNDED, derandomize=True)
 # Operations whose error answers (400 for a bad id, 415 for a body that is not multipart, ...)
 # are not listed, so they fall back to the "default" response: it must say problem+json too.
 UNDOCUMENTED_PROBLEMS = ["POST /v3/media", "GET /v3/media/{item_id}", "HEAD /v3/media/{item_id}"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _offline_url_fetches() -> Iterator[None]:
+    """Generated `url` uploads (multipart or urlencoded) go through the real SSRF checks, but no
+    lookup or connection ever leaves the process: every address is refused, every name fails."""
+
+    def no_dns(host: str, port: int) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "no network in property tests")
+
+    def offline_open_url(url: str, policy: UrlFetchPolicy, **_: Any) -> FetchedBody:
+        refuse_all = dataclasses.replace(policy, address_allowed=lambda ip: False)
+        return open_url(url, refuse_all, resolver=no_dns)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(upload_api, "open_url", offline_open_url)
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)

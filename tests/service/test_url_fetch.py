@@ -931,6 +931,47 @@ def test_a_dripping_server_is_cut_off_at_the_total_deadline(
     assert server.wait_released()
 
 
+@pytest.mark.parametrize(
+    ("status_line", "headers"),
+    [
+        pytest.param("HTTP/1.1 200 OK", {"Connection": "close"}, id="connection-close"),
+        pytest.param("HTTP/1.0 200 OK", {}, id="http-1.0"),
+        pytest.param("HTTP/1.1 200 OK", {"Transfer-Encoding": "chunked"}, id="chunked"),
+    ],
+)
+def test_the_deadline_cuts_a_body_that_closes_the_connection_after_it(
+    status_line: str, headers: dict[str, str], resolver: FakeResolver, serve: Any
+) -> None:
+    """Answers that end with the connection (Connection: close, HTTP/1.0) hand the socket to
+    the response; the watchdog must still reach it while the body trickles."""
+    chunked = "Transfer-Encoding" in headers
+
+    def handler(request: SeenRequest, sock: socket.socket, server: LoopbackServer) -> None:
+        head = [status_line] + [f"{k}: {v}" for k, v in headers.items()]
+        if not chunked:
+            head.append("Content-Length: 1000")
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        for _ in range(200):  # 20 s of drip unless cut
+            if server.stop.wait(0.1):
+                return
+            sock.sendall(b"1\r\nd\r\n" if chunked else b"d")
+
+    server = serve(handler)
+    policy = make_policy(read_timeout=5.0, total_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(UrlFetchFailed, match="longer than 1 seconds"):
+        with open_url(server.url("/slow"), policy, resolver=resolver) as body:
+            body.read(1 << 20)
+    assert time.monotonic() - started < 5  # the drip lasts 20 s
+    assert server.wait_released(timeout=5)
+
+
+def test_urls_with_lone_surrogates_are_refused(resolver: FakeResolver) -> None:
+    with pytest.raises(UrlRefused):
+        open_url("http://allowed.test/a\ud800b", make_policy(), resolver=resolver)
+    assert resolver.calls == []
+
+
 def test_the_deadline_also_covers_a_slow_consumer(resolver: FakeResolver, serve: Any) -> None:
     def handler(request: SeenRequest, sock: socket.socket, server: LoopbackServer) -> None:
         send_head(sock, 200, {"Content-Length": "20"})
