@@ -9,6 +9,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+DEFAULT_MIN_FREE_BYTES = 256 * 1024 * 1024
+DEFAULT_SQLITE_SPARE_BYTES = 8 * 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -31,6 +33,10 @@ class Settings:
     trusted_proxies: int = 0  # how many X-Forwarded-* hops to trust
     backend_timeout: float = 5.0  # seconds, for every database and blob-store call
     sweep_grace_seconds: int = 3600  # a PENDING item younger than this is an upload in flight
+    # Uploads are refused (507) when they would leave less than this free on a local volume.
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
+    # Pre-allocated next to the SQLite database; given back when a delete finds the disk full.
+    sqlite_spare_bytes: int = DEFAULT_SQLITE_SPARE_BYTES
     log_level: str = "INFO"
 
     @property
@@ -65,6 +71,8 @@ class Settings:
             trusted_proxies=_int(env, "MEDIA_TRUSTED_PROXIES", 0, 0),
             backend_timeout=_float(env, "MEDIA_BACKEND_TIMEOUT", 5.0),
             sweep_grace_seconds=_int(env, "MEDIA_SWEEP_GRACE_SECONDS", 3600, 0),
+            min_free_bytes=_int(env, "MEDIA_MIN_FREE_BYTES", DEFAULT_MIN_FREE_BYTES, 0),
+            sqlite_spare_bytes=_int(env, "MEDIA_SQLITE_SPARE_BYTES", DEFAULT_SQLITE_SPARE_BYTES, 0),
             log_level=_choice(
                 env, "MEDIA_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
@@ -109,6 +117,17 @@ class Settings:
             )
         if self.backend_timeout <= 0:
             raise ConfigError("MEDIA_BACKEND_TIMEOUT: must be > 0 seconds")
+
+
+def local_volumes(settings: Settings) -> dict[str, Path]:
+    """The local directories the service writes, by name: the file store's root (its temp
+    files live inside it) and the SQLite database's directory. S3 + MongoDB: none."""
+    volumes: dict[str, Path] = {}
+    if settings.storage_kind == "file":
+        volumes["blob_store"] = file_storage_root(settings.storage_url)
+    if settings.database_kind == "sqlite":
+        volumes["database"] = sqlite_path(settings.database_url).resolve().parent
+    return volumes
 
 
 def sqlite_path(database_url: str) -> Path:

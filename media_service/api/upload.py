@@ -52,10 +52,11 @@ def receive_upload(principal: Principal) -> MediaItem:
     # Refuse before reading a byte when the client has announced the size.
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The upload is larger than the maximum of {max_bytes} bytes.")
+    service = media_service()
+    service.admit_upload(request.content_length)
     body = CountingInput(request.stream, limit)
     form = MultipartStream(body, boundary.encode("latin-1"), file_field_names=FILE_FIELDS)
 
-    service = media_service()
     staged: StagedUpload | None = None
     fields: dict[str, str] = {}
     problems: dict[str, list[str]] = {}

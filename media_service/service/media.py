@@ -22,8 +22,15 @@ from typing import Any
 import puremagic
 
 from media_service.auth import Principal
-from media_service.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
+from media_service.errors import (
+    Forbidden,
+    InsufficientStorage,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from media_service.schemas.fields import normalise_mime_type
+from media_service.service.disk import DiskGuard
 from media_service.service.streams import HashingReader, Readable
 from media_service.settings import Settings
 from media_service.storage.interfaces import (
@@ -36,6 +43,7 @@ from media_service.storage.interfaces import (
     SearchQuery,
     SearchScope,
     StorageError,
+    StorageFull,
 )
 
 log = logging.getLogger(__name__)
@@ -87,11 +95,13 @@ class MediaService:
         backends: Backends,
         settings: Settings,
         clock: Callable[[], datetime] = utc_now,
+        disk: DiskGuard | None = None,
     ) -> None:
         self.blobs = backends.blobs
         self.media = backends.media
         self.settings = settings
         self.clock = clock
+        self.disk = disk if disk is not None else DiskGuard.from_settings(settings)
 
     # ------------------------------------------------------------------ visibility
 
@@ -128,6 +138,11 @@ class MediaService:
 
     # ------------------------------------------------------------------ upload
 
+    def admit_upload(self, announced_bytes: int | None) -> None:
+        """Refuse (507) an upload that the free-space reserve has no room for, before its body
+        is read; `announced_bytes` is the request's Content-Length, when it has one."""
+        self.disk.admit(announced_bytes)
+
     def stage_upload(
         self,
         principal: Principal,
@@ -160,8 +175,11 @@ class MediaService:
             source_url=source_url,
             state=ItemState.PENDING,
         )
+        self.disk.admit()  # also for url fetches, which have no request body to announce
         self.media.insert(pending)
-        reader = HashingReader(source, self.settings.max_upload_bytes)
+        reader = HashingReader(
+            source, self.settings.max_upload_bytes, on_chunk=self.disk.check_chunk
+        )
         try:
             self.blobs.put(item_id, reader)  # type: ignore[arg-type]
         except BaseException:
@@ -273,8 +291,22 @@ class MediaService:
         return self.blobs.open(item.store_key, start, length)
 
     def count_download(self, access: DownloadAccess) -> None:
-        """Count one download; all but the owner are refused once the limit is reached."""
-        result = self.media.count_download(access.item.id, enforce_limit=not access.by_owner)
+        """Count one download; all but the owner are refused once the limit is reached.
+
+        When the count cannot be written for lack of space, an item without a limit is served
+        uncounted (the count is a statistic there), and an item with one is refused with 507:
+        serving it uncounted could let one more anonymous download through than its limit.
+        """
+        try:
+            result = self.media.count_download(access.item.id, enforce_limit=not access.by_owner)
+        except StorageFull:
+            if access.item.max_downloads_allowed == 0:
+                log.warning("download of %s served uncounted: disk full", access.item.id)
+                return
+            raise InsufficientStorage(
+                "This item has a download limit and its download cannot be counted: "
+                "the database has no space left. Retry later."
+            ) from None
         if result.outcome is CountOutcome.LIMIT_REACHED:
             raise LimitReached()
         if result.outcome is CountOutcome.NOT_FOUND:

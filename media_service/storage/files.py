@@ -16,7 +16,14 @@ from types import TracebackType
 from typing import BinaryIO
 
 from media_service.settings import Settings, file_storage_root
-from media_service.storage.interfaces import BackendUnavailable, BlobInfo, BlobNotFound, StoredBlob
+from media_service.storage.disk import FULL_ERRNOS
+from media_service.storage.interfaces import (
+    BackendUnavailable,
+    BlobInfo,
+    BlobNotFound,
+    StorageFull,
+    StoredBlob,
+)
 
 CHUNK_SIZE = 1024 * 1024
 TEMP_DIR = ".tmp"
@@ -34,6 +41,8 @@ def check_key(key: str) -> str:
 def _unavailable(exc: OSError) -> BackendUnavailable:
     # strerror only: the message must not leak absolute paths into problem+json bodies.
     reason = f": {exc.strerror}" if exc.strerror else ""
+    if exc.errno in FULL_ERRNOS:
+        return StorageFull("blob store", f"{type(exc).__name__}{reason}")
     return BackendUnavailable("blob store", f"{type(exc).__name__}{reason}")
 
 

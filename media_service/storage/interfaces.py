@@ -28,6 +28,10 @@ class BackendUnavailable(StorageError):
         self.detail = detail
 
 
+class StorageFull(BackendUnavailable):
+    """The backend's disk (or quota) is full: nothing was written (maps to 507)."""
+
+
 class BlobNotFound(StorageError):
     """No blob is stored under the key."""
 
