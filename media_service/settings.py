@@ -32,12 +32,19 @@ class Settings:
     url_fetch_total_timeout: float = 120.0
     trusted_proxies: int = 0  # how many X-Forwarded-* hops to trust
     backend_timeout: float = 5.0  # seconds, for every database and blob-store call
-    sweep_grace_seconds: int = 3600  # a PENDING item younger than this is an upload in flight
+    sweep_grace_seconds: int = 3600  # an unreferenced blob younger than this is left alone
+    # A PENDING item whose heartbeat is older than this is a dead upload, whatever its age.
+    upload_stale_seconds: int = 300
     # Uploads are refused (507) when they would leave less than this free on a local volume.
     min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
     # Pre-allocated next to the SQLite database; given back when a delete finds the disk full.
     sqlite_spare_bytes: int = DEFAULT_SQLITE_SPARE_BYTES
     log_level: str = "INFO"
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often an upload refreshes its heartbeat: five beats per stale period."""
+        return self.upload_stale_seconds / 5
 
     @property
     def database_kind(self) -> str:
@@ -71,6 +78,7 @@ class Settings:
             trusted_proxies=_int(env, "MEDIA_TRUSTED_PROXIES", 0, 0),
             backend_timeout=_float(env, "MEDIA_BACKEND_TIMEOUT", 5.0),
             sweep_grace_seconds=_int(env, "MEDIA_SWEEP_GRACE_SECONDS", 3600, 0),
+            upload_stale_seconds=_int(env, "MEDIA_UPLOAD_STALE_SECONDS", 300, 10),
             min_free_bytes=_int(env, "MEDIA_MIN_FREE_BYTES", DEFAULT_MIN_FREE_BYTES, 0),
             sqlite_spare_bytes=_int(env, "MEDIA_SQLITE_SPARE_BYTES", DEFAULT_SQLITE_SPARE_BYTES, 0),
             log_level=_choice(

@@ -4,7 +4,10 @@ The two stores share no transaction, so every multi-step change is ordered so th
 any point leaves either nothing visible or a state the sweeper (service/sweeper.py) finishes:
 
 * upload: insert a PENDING document -> write the bytes under the item's own id -> mark READY.
-  Only READY items are ever visible; a PENDING item older than the grace period is rolled back.
+  Only READY items are ever visible. While bytes flow the upload refreshes the document's
+  heartbeat (its time_last_updated); the sweeper rolls back PENDING items whose heartbeat is
+  older than MEDIA_UPLOAD_STALE_SECONDS, so a crashed upload goes within minutes and a live one
+  is never taken for dead, however long it runs.
 * delete: mark DELETING (invisible at once) -> delete the bytes -> remove the document.
   A DELETING item left behind is finished by the sweeper.
 """
@@ -64,6 +67,7 @@ class StagedUpload:
 
     item_id: str
     store_key: str
+    time_created: datetime
     size: int
     etag: str
     sha256: str
@@ -78,6 +82,48 @@ class DownloadAccess:
 
     item: MediaItem
     by_owner: bool
+
+
+class UploadAbandoned(ServiceUnavailable):
+    """The sweeper rolled the upload back: its bytes stopped for longer than the stale bound."""
+
+    slug = "upload-abandoned"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The upload stalled for too long and was rolled back; retry it from the start."
+        )
+
+
+class Heartbeat:
+    """Tell the sweeper an upload is alive: refresh its PENDING document at most every
+    `interval`, whenever a chunk of its bytes goes by."""
+
+    def __init__(
+        self,
+        service: MediaService,
+        item_id: str,
+        started: datetime,
+        interval: timedelta,
+    ) -> None:
+        self._service = service
+        self._item_id = item_id
+        self._last = started
+        self._interval = interval
+
+    def __call__(self, _size: int = 0) -> None:
+        now = self._service.clock()
+        if now - self._last < self._interval:
+            return
+        self._last = now
+        try:
+            alive = self._service.media.heartbeat(self._item_id, now)
+        except StorageError as error:
+            # A missed beat is not fatal (the next one may land); mark_ready decides anyway.
+            log.warning("heartbeat of upload %s failed: %s", self._item_id, error)
+            return
+        if not alive:
+            raise UploadAbandoned()
 
 
 class LimitReached(Forbidden):
@@ -177,9 +223,15 @@ class MediaService:
         )
         self.disk.admit()  # also for url fetches, which have no request body to announce
         self.media.insert(pending)
-        reader = HashingReader(
-            source, self.settings.max_upload_bytes, on_chunk=self.disk.check_chunk
+        heartbeat = Heartbeat(
+            self, item_id, now, timedelta(seconds=self.settings.heartbeat_seconds)
         )
+
+        def on_chunk(size: int) -> None:
+            self.disk.check_chunk(size)
+            heartbeat(size)
+
+        reader = HashingReader(source, self.settings.max_upload_bytes, on_chunk=on_chunk)
         try:
             self.blobs.put(item_id, reader)  # type: ignore[arg-type]
         except BaseException:
@@ -188,6 +240,7 @@ class MediaService:
         return StagedUpload(
             item_id=item_id,
             store_key=item_id,
+            time_created=now,
             size=reader.size,
             etag=reader.md5_hex,
             sha256=reader.sha256_hex,
@@ -210,6 +263,8 @@ class MediaService:
             "store_meta_params": {"filesize": str(staged.size), "sha256": staged.sha256},
             "public": fields.pop("public", False),
             "max_downloads_allowed": fields.pop("max_downloads_allowed", 0) or 0,
+            # While PENDING this was the heartbeat; a new item was last updated when created.
+            "time_last_updated": staged.time_created,
         }
         for key in ("metadata_primary", "metadata_secondary", "title", "description"):
             if fields.get(key) is not None:
@@ -219,9 +274,9 @@ class MediaService:
         except BaseException:
             self.abandon_upload(staged)
             raise
-        if item is None:  # the sweeper rolled it back: the upload took longer than the grace
+        if item is None:  # the sweeper rolled it back: its heartbeat went stale
             self.abandon_upload(staged)
-            raise ServiceUnavailable("The upload could not be completed; retry.")
+            raise UploadAbandoned()
         return item
 
     def abandon_upload(self, staged: StagedUpload) -> None:

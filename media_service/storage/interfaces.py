@@ -261,8 +261,17 @@ class MediaRepository(Protocol):
         """READY items of the scope created in [start_time, end_time], one page, with the total."""
         ...
 
+    def heartbeat(self, item_id: str, now: datetime) -> bool:
+        """Record that a PENDING item's upload is alive (its time_last_updated = now).
+
+        False if the item is not PENDING (any more): the sweeper rolled it back, the upload
+        should stop. Not durable: a heartbeat lost in a crash only makes a dead upload look dead.
+        """
+        ...
+
     def iter_hidden(self, older_than: datetime) -> Iterator[MediaItem]:
-        """PENDING items created before `older_than`, and every DELETING item (for the sweeper)."""
+        """PENDING items whose heartbeat (time_last_updated) is before `older_than`, whenever
+        they were created, and every DELETING item (for the sweeper)."""
         ...
 
     def ids_with_keys(self, store_keys: list[str]) -> set[str]:

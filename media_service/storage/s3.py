@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import unquote, urlsplit
@@ -300,6 +300,45 @@ class S3BlobStore:
                         yield BlobInfo(key=key, size=entry["Size"], last_modified=modified)
         except (BotoCoreError, ClientError) as exc:
             raise _translate(exc, "ListObjectsV2") from exc
+
+    def abort_stale_uploads(
+        self, older_than: datetime, referenced: Callable[[list[str]], set[str]]
+    ) -> int:
+        """Abort the open multipart uploads of dead uploads; return how many.
+
+        A multipart upload started before `older_than` whose key no document names (`referenced`)
+        belongs to an upload whose worker died (the sweeper has removed its stale PENDING
+        document): its parts would otherwise be kept, and billed, for ever.
+        """
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        aborted = 0
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                candidates = [
+                    (upload["Key"], upload["UploadId"])
+                    for upload in page.get("Uploads", [])
+                    if _KEY.fullmatch(upload["Key"][len(self.prefix) :])
+                    and upload["Initiated"].astimezone(UTC) < older_than
+                ]
+                if not candidates:
+                    continue
+                keys = [key[len(self.prefix) :] for key, _ in candidates]
+                alive = referenced(keys)
+                for (object_key, upload_id), key in zip(candidates, keys, strict=True):
+                    if key in alive:
+                        continue
+                    try:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=object_key, UploadId=upload_id
+                        )
+                    except ClientError as exc:
+                        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                            raise
+                        continue  # finished or aborted meanwhile
+                    aborted += 1
+        except (BotoCoreError, ClientError) as exc:
+            raise _translate(exc, "ListMultipartUploads") from exc
+        return aborted
 
     def ping(self) -> None:
         """Raise BackendUnavailable unless the bucket answers HeadBucket."""

@@ -490,6 +490,14 @@ class SqliteMediaRepository(records.StateTransitions):
         )
         return CountResult(CountOutcome.LIMIT_REACHED if ready else CountOutcome.NOT_FOUND)
 
+    def heartbeat(self, item_id: str, now: datetime) -> bool:
+        # synchronous=NORMAL: see the interface; the count triggers do not watch this column.
+        changed = self.db.run(
+            "UPDATE media_items SET time_last_updated = ? WHERE id = ? AND state = 'pending'",
+            (to_ms(now), records.require_id(item_id)),
+        )
+        return changed > 0
+
     def remove(self, item_id: str) -> bool:
         return (
             self.db.run(
@@ -517,7 +525,8 @@ class SqliteMediaRepository(records.StateTransitions):
     def iter_hidden(self, older_than: datetime) -> Iterator[MediaItem]:
         # Pages rather than one open cursor: the sweeper removes rows while it iterates, and a
         # long-lived read would hold back WAL checkpoints.
-        yield from self._pages("state = 'pending' AND time_created < :cutoff", older_than)
+        # A PENDING item's time_last_updated is its upload's heartbeat.
+        yield from self._pages("state = 'pending' AND time_last_updated < :cutoff", older_than)
         yield from self._pages("state = 'deleting'", older_than)
 
     def _pages(self, where: str, older_than: datetime) -> Iterator[MediaItem]:
