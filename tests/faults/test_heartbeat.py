@@ -196,6 +196,25 @@ def test_a_crashed_upload_is_rolled_back_after_the_stale_bound_not_the_grace(
     assert blob_keys(backends) == set()
 
 
+def test_a_crashed_uploads_multipart_upload_goes_without_a_bucket_wide_listing(
+    backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MinIO lists multipart uploads only for an exact object key: rolling back a dead PENDING
+    item aborts its key's uploads directly, whatever the bucket-wide listing shows."""
+    blobs = unwrap(backends.blobs)
+    if not hasattr(blobs, "client"):
+        pytest.skip("S3 only")
+    monkeypatch.setattr(type(blobs), "abort_stale_uploads", lambda *args: 0)
+    now = utc_now()
+    dead = make_item(ItemState.PENDING, now - 2 * STALE)
+    backends.media.insert(dead)
+    _leave_partial_upload(backends, dead.store_key)
+    assert sweep(backends, now=now, grace=GRACE, stale=STALE) == SweepReport(
+        pending_rolled_back=1
+    )
+    assert _partial_uploads(backends) == []
+
+
 def _leave_partial_upload(backends: Backends, key: str) -> None:
     blobs = unwrap(backends.blobs)
     if hasattr(blobs, "client"):  # S3: a multipart upload that was never completed
