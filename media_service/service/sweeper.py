@@ -48,8 +48,11 @@ def sweep(
     report = SweepReport()
     cutoff = now - grace
     stale_cutoff = now - (grace if stale is None else stale)
+    abort_uploads_of = getattr(backends.blobs, "abort_uploads_of", None)
     for item in backends.media.iter_hidden(older_than=stale_cutoff):
         try:
+            if item.state is ItemState.PENDING and abort_uploads_of is not None:
+                abort_uploads_of(item.store_key)  # its parts, if it died mid-transfer
             backends.blobs.delete(item.store_key)
             backends.media.remove(item.id)
         except StorageError as error:

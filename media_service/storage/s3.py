@@ -244,13 +244,27 @@ class S3BlobStore:
     def _discard(self, object_key: str) -> None:
         """Best effort: abort open multipart uploads of the key and delete what may be there."""
         with contextlib.suppress(BotoCoreError, ClientError):
-            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=object_key)
-            for upload in listing.get("Uploads", []):
-                if upload.get("Key") == object_key and "UploadId" in upload:
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=object_key, UploadId=upload["UploadId"]
-                    )
+            self._abort_uploads(object_key)
             self.client.delete_object(Bucket=self.bucket, Key=object_key)
+
+    def _abort_uploads(self, object_key: str) -> int:
+        # Listing by the exact key: MinIO lists multipart uploads only that way.
+        listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=object_key)
+        aborted = 0
+        for upload in listing.get("Uploads", []):
+            if upload.get("Key") == object_key and "UploadId" in upload:
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=object_key, UploadId=upload["UploadId"]
+                )
+                aborted += 1
+        return aborted
+
+    def abort_uploads_of(self, key: str) -> int:
+        """Abort the key's open multipart uploads (a dead upload's parts); return how many."""
+        try:
+            return self._abort_uploads(self._object_key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise _translate(exc, "AbortMultipartUpload") from exc
 
     def open(self, key: str, start: int = 0, length: int | None = None) -> S3BlobStream:
         """Open [start, start+length) with one GetObject (a Range header only for a part)."""
