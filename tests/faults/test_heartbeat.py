@@ -209,9 +209,7 @@ def test_a_crashed_uploads_multipart_upload_goes_without_a_bucket_wide_listing(
     dead = make_item(ItemState.PENDING, now - 2 * STALE)
     backends.media.insert(dead)
     _leave_partial_upload(backends, dead.store_key)
-    assert sweep(backends, now=now, grace=GRACE, stale=STALE) == SweepReport(
-        pending_rolled_back=1
-    )
+    assert sweep(backends, now=now, grace=GRACE, stale=STALE) == SweepReport(pending_rolled_back=1)
     assert _partial_uploads(backends) == []
 
 
