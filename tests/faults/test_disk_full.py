@@ -134,9 +134,10 @@ def assert_insufficient_storage(response: Any) -> None:
     assert body["status"] == 507 and body["title"] == "Insufficient Storage"
 
 
-def assert_nothing_left(world: World, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    assert {item.id for item in all_items(world.backends)} == keep
-    assert blob_keys(world.backends) == keep
+def assert_nothing_left(world: World) -> None:
+    """No document, no blob and no temp file: a refused upload left nothing behind."""
+    assert all_items(world.backends) == []
+    assert blob_keys(world.backends) == set()
     assert temp_files(world.backends) == []
 
 
