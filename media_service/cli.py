@@ -101,7 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     sweeper.add_argument(
         "--grace-seconds",
         type=int,
-        help="treat pending uploads older than this as dead (default MEDIA_SWEEP_GRACE_SECONDS)",
+        help="remove unreferenced blobs older than this (default MEDIA_SWEEP_GRACE_SECONDS)",
+    )
+    sweeper.add_argument(
+        "--stale-seconds",
+        type=int,
+        help="treat pending uploads whose heartbeat is older than this as dead "
+        "(default MEDIA_UPLOAD_STALE_SECONDS)",
     )
     sweeper.set_defaults(handler=_sweep)
     return parser
@@ -179,7 +185,15 @@ def _token(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     grace = args.grace_seconds if args.grace_seconds is not None else settings.sweep_grace_seconds
-    report = sweep(open_backends(settings), now=utc_now(), grace=timedelta(seconds=grace))
+    stale = args.stale_seconds if args.stale_seconds is not None else settings.upload_stale_seconds
+    if grace < 0 or stale < 0:
+        raise CliError("--grace-seconds and --stale-seconds must be >= 0")
+    report = sweep(
+        open_backends(settings),
+        now=utc_now(),
+        grace=timedelta(seconds=grace),
+        stale=timedelta(seconds=stale),
+    )
     print(json.dumps(report.as_dict()))
     # Lost blobs are not the sweeper's to fix, but a cron job's exit status should say so.
     return 0 if report.errors == 0 and report.ready_missing_blob == 0 else 1

@@ -21,6 +21,7 @@ from media_service.storage.interfaces import (
     BlobNotFound,
     InvalidValue,
     StorageError,
+    StorageFull,
 )
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,15 @@ class UnsupportedMediaType(ApiError):
 
 class UnprocessableContent(ApiError):
     status, title, slug = 422, "Unprocessable Content", "unprocessable"
+
+
+class InsufficientStorage(ApiError):
+    """Not enough free space to take this upload (or to keep a download's count): RFC 4918."""
+
+    status, title, slug = 507, "Insufficient Storage", "insufficient-storage"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": "60"})
 
 
 class ServiceUnavailable(ApiError):
@@ -208,6 +218,14 @@ def register_error_handlers(app: Flask) -> None:
         log.warning("backend unavailable: %s", error)
         return _from_api_error(
             ServiceUnavailable(f"The {error.port} is not available; retry later.")
+        )
+
+    @app.errorhandler(StorageFull)
+    def _full(error: StorageFull) -> Response:
+        # Registered for the subclass: Flask picks the closest handler in the MRO.
+        log.warning("storage full: %s", error)
+        return _from_api_error(
+            InsufficientStorage(f"The {error.port} has no space left; free some and retry.")
         )
 
     @app.errorhandler(ClientTooSlow)

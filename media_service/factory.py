@@ -16,7 +16,9 @@ from media_service.backends import describe, open_backends
 from media_service.context import AppState, install
 from media_service.errors import register_error_handlers
 from media_service.observability import init_observability, instrument
+from media_service.observability.metrics import observe_disk_free
 from media_service.schema_guard import SchemaGuard
+from media_service.service.disk import DiskGuard
 from media_service.service.media import MediaService
 from media_service.settings import Settings
 from media_service.storage.interfaces import Backends
@@ -66,7 +68,15 @@ def create_app(settings: Settings | None = None, *, backends: Backends | None = 
     backends = instrument(backends)
     install(
         app,
-        AppState(settings=settings, backends=backends, service=MediaService(backends, settings)),
+        AppState(
+            settings=settings,
+            backends=backends,
+            service=MediaService(
+                backends,
+                settings,
+                disk=DiskGuard.from_settings(settings, observe=observe_disk_free),
+            ),
+        ),
     )
 
     api = MediaApi(app)

@@ -9,6 +9,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+DEFAULT_MIN_FREE_BYTES = 256 * 1024 * 1024
+DEFAULT_SQLITE_SPARE_BYTES = 8 * 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -30,10 +32,23 @@ class Settings:
     url_fetch_total_timeout: float = 120.0
     trusted_proxies: int = 0  # how many X-Forwarded-* hops to trust
     backend_timeout: float = 5.0  # seconds, for every database and blob-store call
-    sweep_grace_seconds: int = 3600  # a PENDING item younger than this is an upload in flight
+    sweep_grace_seconds: int = 3600  # an unreferenced blob younger than this is left alone
+    # A PENDING item whose heartbeat is older than this is a dead upload, whatever its age. An
+    # upload beats once per body read of up to 1 MiB, so this must exceed 1 MiB at the minimum
+    # upload rate: 512 s at 2 KiB/s.
+    upload_stale_seconds: int = 900
+    # Uploads are refused (507) when they would leave less than this free on a local volume.
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
+    # Pre-allocated next to the SQLite database; given back when a delete finds the disk full.
+    sqlite_spare_bytes: int = DEFAULT_SQLITE_SPARE_BYTES
     upload_min_rate: int = 2048  # bytes/s an upload body must average after the window; 0: off
     upload_rate_window: float = 30.0  # seconds of grace before the minimum rate applies
     log_level: str = "INFO"
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often an upload refreshes its heartbeat: five beats per stale period."""
+        return self.upload_stale_seconds / 5
 
     @property
     def database_kind(self) -> str:
@@ -69,6 +84,9 @@ class Settings:
             sweep_grace_seconds=_int(env, "MEDIA_SWEEP_GRACE_SECONDS", 3600, 0),
             upload_min_rate=_int(env, "MEDIA_UPLOAD_MIN_RATE", 2048, 0),
             upload_rate_window=_float(env, "MEDIA_UPLOAD_RATE_WINDOW", 30.0),
+            upload_stale_seconds=_int(env, "MEDIA_UPLOAD_STALE_SECONDS", 900, 10),
+            min_free_bytes=_int(env, "MEDIA_MIN_FREE_BYTES", DEFAULT_MIN_FREE_BYTES, 0),
+            sqlite_spare_bytes=_int(env, "MEDIA_SQLITE_SPARE_BYTES", DEFAULT_SQLITE_SPARE_BYTES, 0),
             log_level=_choice(
                 env, "MEDIA_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
@@ -113,6 +131,17 @@ class Settings:
             )
         if self.backend_timeout <= 0:
             raise ConfigError("MEDIA_BACKEND_TIMEOUT: must be > 0 seconds")
+
+
+def local_volumes(settings: Settings) -> dict[str, Path]:
+    """The local directories the service writes, by name: the file store's root (its temp
+    files live inside it) and the SQLite database's directory. S3 + MongoDB: none."""
+    volumes: dict[str, Path] = {}
+    if settings.storage_kind == "file":
+        volumes["blob_store"] = file_storage_root(settings.storage_url)
+    if settings.database_kind == "sqlite":
+        volumes["database"] = sqlite_path(settings.database_url).resolve().parent
+    return volumes
 
 
 def sqlite_path(database_url: str) -> Path:

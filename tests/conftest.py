@@ -56,6 +56,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         data_dir=tmp_path,
         max_upload_bytes=8 * 1024 * 1024,
         backend_timeout=2.0,
+        # Independent of the host's free space, and a small spare file (one per test database).
+        min_free_bytes=0,
+        sqlite_spare_bytes=256 * 1024,
     )
     return base.with_overrides(**overrides) if overrides else base
 

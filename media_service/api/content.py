@@ -46,6 +46,7 @@ CONTENT_SECURITY_POLICY = "sandbox; default-src 'none'"
         "403": {"description": "Not allowed, or the anonymous download limit is reached"},
         "404": {"description": "No such item"},
         "416": {"description": "Range not satisfiable"},
+        "507": {"description": "A limited item's download cannot be counted: disk full"},
     },
 )
 def download(item_id: str) -> Any:

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from media_service.context import app_state
+from media_service.context import app_state, media_service
 from media_service.errors import ServiceUnavailable
 from media_service.storage.interfaces import BackendUnavailable
 
@@ -21,7 +21,8 @@ def healthz() -> Any:
 
 @blp.get("/readyz")
 def readyz() -> Any:
-    """The database and the blob store both answer."""
+    """The database and the blob store both answer, and no local volume is below the
+    free-space reserve (then uploads are refused; deletes and downloads still work)."""
     backends = app_state().backends
     checks: dict[str, str] = {}
     failed = []
@@ -32,6 +33,17 @@ def readyz() -> Any:
         except BackendUnavailable as error:
             checks[name] = "unavailable"
             failed.append(f"{name}: {error.detail or 'unavailable'}")
+    disk = media_service().disk
+    low = disk.low()
+    spare = disk.restore_spare()
+    if low or not spare:
+        checks["disk"] = "low"
+        details = [f"{name} volume has {free} bytes free" for name, free in low.items()]
+        if not spare:
+            details.append("the database's spare file is in use")
+        failed.append(f"disk: {', '.join(details)} (reserve: {disk.min_free_bytes} bytes)")
+    else:
+        checks["disk"] = "ok"
     if failed:
         raise ServiceUnavailable("Not ready: " + "; ".join(failed))
     return jsonify(status="ready", checks=checks)

@@ -60,6 +60,10 @@ ERROR_RESPONSES = {
         "description": "A backend is unavailable",
         "content": {"application/problem+json": {"schema": ProblemSchema}},
     },
+    "507": {
+        "description": "Not enough free disk space (the service keeps a reserve)",
+        "content": {"application/problem+json": {"schema": ProblemSchema}},
+    },
 }
 
 
@@ -122,7 +126,7 @@ def _errors(*codes: str) -> dict[str, Any]:
             },
         },
     },
-    **_errors("400", "401", "403", "503"),
+    **_errors("400", "401", "403", "503", "507"),
 )
 @blp.response(201, MediaItemSchema, headers={"Location": {"schema": {"type": "string"}}})
 def upload() -> Any:

@@ -69,13 +69,14 @@ def receive_upload(principal: Principal) -> MediaItem:
     # Refuse before reading a byte when the client has announced the size.
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The upload is larger than the maximum of {max_bytes} bytes.")
+    service = media_service()
+    service.admit_upload(request.content_length)
     paced = MinimumRateInput.for_environ(
         request.stream, request.environ, settings.upload_min_rate, settings.upload_rate_window
     )
     body = CountingInput(paced, limit)
     form = MultipartStream(body, boundary.encode("latin-1"), file_field_names=FILE_FIELDS)
 
-    service = media_service()
     staged: StagedUpload | None = None
     fields: dict[str, str] = {}
     problems: dict[str, list[str]] = {}
@@ -132,8 +133,10 @@ def _receive_url_form(principal: Principal) -> MediaItem:
         problems[name] = ["A file cannot be sent urlencoded; use multipart/form-data."]
         del fields[name]  # reported once, not again as an unknown field
     values = _validate_fields(fields, problems, has_file=False)
+    service = media_service()
+    service.admit_upload(None)  # the fetched bytes are staged like a file's
     staged = _stage_from_url(principal, values.pop("url"))
-    return media_service().publish_upload(staged, values)  # abandons the upload if it fails
+    return service.publish_upload(staged, values)  # abandons the upload if it fails
 
 
 def _checked_file_name(part: FilePart) -> str | None:

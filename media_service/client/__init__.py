@@ -23,6 +23,7 @@ from media_service.client.auth import (
 from media_service.client.download import ContentStream
 from media_service.client.errors import (
     Forbidden,
+    InsufficientStorage,
     InvalidParameter,
     MediaApiError,
     MediaClientError,
@@ -44,6 +45,7 @@ __all__ = [
     "ContentStream",
     "DownloadResult",
     "Forbidden",
+    "InsufficientStorage",
     "InvalidParameter",
     "JwtAuth",
     "MediaApiError",

@@ -71,6 +71,10 @@ class TooLarge(MediaApiError):
     """413: the upload is larger than the service accepts."""
 
 
+class InsufficientStorage(MediaApiError):
+    """507: the service is short of disk space (an upload, or a download it must count)."""
+
+
 class Unavailable(MediaApiError):
     """502, 503 or 504: the service or one of its backends is unavailable; retry later."""
 
@@ -81,6 +85,7 @@ _BY_STATUS: dict[int, type[MediaApiError]] = {
     403: Forbidden,
     404: NotFound,
     413: TooLarge,
+    507: InsufficientStorage,
     502: Unavailable,
     503: Unavailable,
     504: Unavailable,

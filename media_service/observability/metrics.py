@@ -32,6 +32,7 @@ class Metrics:
     download_limit_refusals: Counter
     backend_duration: Histogram
     backend_errors: Counter
+    disk_free_bytes: Gauge
 
 
 _lock = threading.Lock()
@@ -127,7 +128,20 @@ def _create() -> Metrics:
             "Port calls that raised, by exception type (BackendUnavailable means a 503).",
             ("port", "operation", "error"),
         ),
+        disk_free_bytes=Gauge(
+            "media_disk_free_bytes",
+            "Free bytes on each local volume the service writes (blob_store, database), as last"
+            " sampled by any worker (at each scrape, upload and /readyz).",
+            ("volume",),
+            # One disk seen by every worker: the latest sample is the truth, not a sum.
+            multiprocess_mode="mostrecent",
+        ),
     )
+
+
+def observe_disk_free(volume: str, free: int) -> None:
+    """Record a volume's free bytes (the DiskGuard's observer)."""
+    metrics().disk_free_bytes.labels(volume).set(free)
 
 
 def multiprocess_mode() -> bool:

@@ -4,7 +4,10 @@ The two stores share no transaction, so every multi-step change is ordered so th
 any point leaves either nothing visible or a state the sweeper (service/sweeper.py) finishes:
 
 * upload: insert a PENDING document -> write the bytes under the item's own id -> mark READY.
-  Only READY items are ever visible; a PENDING item older than the grace period is rolled back.
+  Only READY items are ever visible. While bytes flow the upload refreshes the document's
+  heartbeat (its time_last_updated); the sweeper rolls back PENDING items whose heartbeat is
+  older than MEDIA_UPLOAD_STALE_SECONDS, so a crashed upload goes within minutes and a live one
+  is never taken for dead, however long it runs.
 * delete: mark DELETING (invisible at once) -> delete the bytes -> remove the document.
   A DELETING item left behind is finished by the sweeper.
 """
@@ -26,11 +29,13 @@ from media_service.errors import (
     ApiError,
     ContentUnavailable,
     Forbidden,
+    InsufficientStorage,
     NotFound,
     ServiceUnavailable,
     Unauthorized,
 )
 from media_service.schemas.fields import normalise_mime_type
+from media_service.service.disk import DiskGuard
 from media_service.service.streams import HashingReader, Readable
 from media_service.settings import Settings
 from media_service.storage.interfaces import (
@@ -44,6 +49,7 @@ from media_service.storage.interfaces import (
     SearchQuery,
     SearchScope,
     StorageError,
+    StorageFull,
 )
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,7 @@ class StagedUpload:
 
     item_id: str
     store_key: str
+    time_created: datetime
     size: int
     etag: str
     sha256: str
@@ -78,6 +85,48 @@ class DownloadAccess:
 
     item: MediaItem
     by_owner: bool
+
+
+class UploadAbandoned(ServiceUnavailable):
+    """The sweeper rolled the upload back: its bytes stopped for longer than the stale bound."""
+
+    slug = "upload-abandoned"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The upload stalled for too long and was rolled back; retry it from the start."
+        )
+
+
+class Heartbeat:
+    """Tell the sweeper an upload is alive: refresh its PENDING document at most every
+    `interval`, whenever a chunk of its bytes goes by."""
+
+    def __init__(
+        self,
+        service: MediaService,
+        item_id: str,
+        started: datetime,
+        interval: timedelta,
+    ) -> None:
+        self._service = service
+        self._item_id = item_id
+        self._last = started
+        self._interval = interval
+
+    def __call__(self, _size: int = 0) -> None:
+        now = self._service.clock()
+        if now - self._last < self._interval:
+            return
+        self._last = now
+        try:
+            alive = self._service.media.heartbeat(self._item_id, now)
+        except StorageError as error:
+            # A missed beat is not fatal (the next one may land); mark_ready decides anyway.
+            log.warning("heartbeat of upload %s failed: %s", self._item_id, error)
+            return
+        if not alive:
+            raise UploadAbandoned()
 
 
 class LimitReached(Forbidden):
@@ -95,11 +144,13 @@ class MediaService:
         backends: Backends,
         settings: Settings,
         clock: Callable[[], datetime] = utc_now,
+        disk: DiskGuard | None = None,
     ) -> None:
         self.blobs = backends.blobs
         self.media = backends.media
         self.settings = settings
         self.clock = clock
+        self.disk = disk if disk is not None else DiskGuard.from_settings(settings)
 
     # ------------------------------------------------------------------ visibility
 
@@ -136,6 +187,11 @@ class MediaService:
 
     # ------------------------------------------------------------------ upload
 
+    def admit_upload(self, announced_bytes: int | None) -> None:
+        """Refuse (507) an upload that the free-space reserve has no room for, before its body
+        is read; `announced_bytes` is the request's Content-Length, when it has one."""
+        self.disk.admit(announced_bytes)
+
     def stage_upload(
         self,
         principal: Principal,
@@ -168,8 +224,17 @@ class MediaService:
             source_url=source_url,
             state=ItemState.PENDING,
         )
+        self.disk.admit()  # also for url fetches, which have no request body to announce
         self.media.insert(pending)
-        reader = HashingReader(source, self.settings.max_upload_bytes)
+        heartbeat = Heartbeat(
+            self, item_id, now, timedelta(seconds=self.settings.heartbeat_seconds)
+        )
+
+        def on_chunk(size: int) -> None:
+            self.disk.check_chunk(size)
+            heartbeat(size)
+
+        reader = HashingReader(source, self.settings.max_upload_bytes, on_chunk=on_chunk)
         try:
             self.blobs.put(item_id, reader)  # type: ignore[arg-type]
         except BaseException:
@@ -178,6 +243,7 @@ class MediaService:
         return StagedUpload(
             item_id=item_id,
             store_key=item_id,
+            time_created=now,
             size=reader.size,
             etag=reader.md5_hex,
             sha256=reader.sha256_hex,
@@ -200,6 +266,8 @@ class MediaService:
             "store_meta_params": {"filesize": str(staged.size), "sha256": staged.sha256},
             "public": fields.pop("public", False),
             "max_downloads_allowed": fields.pop("max_downloads_allowed", 0) or 0,
+            # While PENDING this was the heartbeat; a new item was last updated when created.
+            "time_last_updated": staged.time_created,
         }
         for key in ("metadata_primary", "metadata_secondary", "title", "description"):
             if fields.get(key) is not None:
@@ -209,9 +277,9 @@ class MediaService:
         except BaseException:
             self.abandon_upload(staged)
             raise
-        if item is None:  # the sweeper rolled it back: the upload took longer than the grace
+        if item is None:  # the sweeper rolled it back: its heartbeat went stale
             self.abandon_upload(staged)
-            raise ServiceUnavailable("The upload could not be completed; retry.")
+            raise UploadAbandoned()
         return item
 
     def abandon_upload(self, staged: StagedUpload) -> None:
@@ -308,8 +376,22 @@ class MediaService:
         return ContentUnavailable()
 
     def count_download(self, access: DownloadAccess) -> None:
-        """Count one download; all but the owner are refused once the limit is reached."""
-        result = self.media.count_download(access.item.id, enforce_limit=not access.by_owner)
+        """Count one download; all but the owner are refused once the limit is reached.
+
+        When the count cannot be written for lack of space, an item without a limit is served
+        uncounted (the count is a statistic there), and an item with one is refused with 507:
+        serving it uncounted could let one more anonymous download through than its limit.
+        """
+        try:
+            result = self.media.count_download(access.item.id, enforce_limit=not access.by_owner)
+        except StorageFull:
+            if access.item.max_downloads_allowed == 0:
+                log.warning("download of %s served uncounted: disk full", access.item.id)
+                return
+            raise InsufficientStorage(
+                "This item has a download limit and its download cannot be counted: "
+                "the database has no space left. Retry later."
+            ) from None
         if result.outcome is CountOutcome.LIMIT_REACHED:
             raise LimitReached()
         if result.outcome is CountOutcome.NOT_FOUND:

@@ -35,22 +35,35 @@ class UploadTooLarge(PayloadTooLarge):
 
 
 class HashingReader:
-    """Pass bytes through while computing MD5 (the ETag), SHA-256 and the size; enforce a cap."""
+    """Pass bytes through while computing MD5 (the ETag), SHA-256 and the size; enforce a cap.
 
-    def __init__(self, source: Readable, max_bytes: int) -> None:
+    Reads are at most READ_SIZE, whatever the caller asks for, and `on_chunk(len)` runs before
+    each chunk is handed on (to be written): a free-space check and the upload's heartbeat
+    (service/media.py) thus run at least once per MiB, also under S3's 8 MiB part reads.
+    """
+
+    def __init__(
+        self,
+        source: Readable,
+        max_bytes: int,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> None:
         self._source = source
         self._max_bytes = max_bytes
+        self._on_chunk = on_chunk
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._sha256 = hashlib.sha256()
         self.size = 0
         self.head = b""  # the first bytes, for content sniffing
 
     def read(self, size: int = -1, /) -> bytes:
-        chunk = self._source.read(size)
+        chunk = self._source.read(READ_SIZE if size is None or size < 0 else min(size, READ_SIZE))
         if chunk:
             self.size += len(chunk)
             if self.size > self._max_bytes:
                 raise UploadTooLarge(self._max_bytes)
+            if self._on_chunk is not None:
+                self._on_chunk(len(chunk))
             if len(self.head) < SNIFF_BYTES:
                 self.head += chunk[: SNIFF_BYTES - len(self.head)]
             self._md5.update(chunk)

@@ -1,8 +1,12 @@
 """The sweeper: finish or roll back what interrupted uploads and deletes left behind.
 
 Safe to run at any time, also beside live traffic, and idempotent:
-* a PENDING item older than the grace period is an upload that died: its bytes and document go
-  (an upload still running past the grace finds its item gone and fails cleanly);
+* a PENDING item whose heartbeat is older than the stale bound is an upload that died, however
+  recently it started: its bytes and document go. A live upload refreshes its heartbeat while
+  bytes flow (service/media.py), so it is never taken for dead however long it runs; one whose
+  bytes stopped for longer finds its item gone at its next heartbeat and fails at once;
+* a temp file (file store) or an open multipart upload (S3) whose key no document names is
+  what a dead upload was writing: it goes too;
 * a DELETING item is a delete that died after its tombstone: finish it;
 * a blob whose key no document references (and older than the grace period) is removed:
   uploads write the document before the bytes, so such a blob can only be a leftover;
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import islice
 
 from media_service.storage.interfaces import (
@@ -43,12 +47,22 @@ class SweepReport:
         return dict(self.__dict__)
 
 
-def sweep(backends: Backends, *, now: datetime, grace: timedelta) -> SweepReport:
-    """Run one pass; errors on single items are logged and counted, not raised."""
+def sweep(
+    backends: Backends, *, now: datetime, grace: timedelta, stale: timedelta | None = None
+) -> SweepReport:
+    """Run one pass; errors on single items are logged and counted, not raised.
+
+    `stale` bounds the age of a live upload's heartbeat (default: `grace`); `grace` protects
+    blobs that no document references.
+    """
     report = SweepReport()
     cutoff = now - grace
-    for item in backends.media.iter_hidden(older_than=cutoff):
+    stale_cutoff = now - (grace if stale is None else stale)
+    abort_uploads_of = getattr(backends.blobs, "abort_uploads_of", None)
+    for item in backends.media.iter_hidden(older_than=stale_cutoff):
         try:
+            if item.state is ItemState.PENDING and abort_uploads_of is not None:
+                abort_uploads_of(item.store_key)  # its parts, if it died mid-transfer
             backends.blobs.delete(item.store_key)
             backends.media.remove(item.id)
         except StorageError as error:
@@ -88,11 +102,18 @@ def sweep(backends: Backends, *, now: datetime, grace: timedelta) -> SweepReport
             report.errors += 1
             log.warning("sweeper could not check the blob of %s: %s", item.id, error)
 
-    remove_stale_temp = getattr(backends.blobs, "remove_stale_temp", None)
-    if remove_stale_temp is not None:
-        # The file store ages temp files by the wall clock: a `now` ahead of it shortens the age.
-        ahead = max(0.0, (now - datetime.now(UTC)).total_seconds())
-        remove_stale_temp(max(0.0, grace.total_seconds() - ahead))
+    # Partial uploads: whatever no document names any more (the dead PENDING ones went above).
+    named = backends.media.ids_with_keys
+    try:
+        remove_stale_temp = getattr(backends.blobs, "remove_stale_temp", None)
+        if remove_stale_temp is not None:
+            remove_stale_temp(referenced=named)
+        abort_stale_uploads = getattr(backends.blobs, "abort_stale_uploads", None)
+        if abort_stale_uploads is not None:
+            abort_stale_uploads(stale_cutoff, named)
+    except StorageError as error:
+        report.errors += 1
+        log.warning("sweeper could not remove partial uploads: %s", error)
     return report
 
 

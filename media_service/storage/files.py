@@ -9,14 +9,21 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
 from media_service.settings import Settings, file_storage_root
-from media_service.storage.interfaces import BackendUnavailable, BlobInfo, BlobNotFound, StoredBlob
+from media_service.storage.disk import FULL_ERRNOS
+from media_service.storage.interfaces import (
+    BackendUnavailable,
+    BlobInfo,
+    BlobNotFound,
+    StorageFull,
+    StoredBlob,
+)
 
 CHUNK_SIZE = 1024 * 1024
 TEMP_DIR = ".tmp"
@@ -34,6 +41,8 @@ def check_key(key: str) -> str:
 def _unavailable(exc: OSError) -> BackendUnavailable:
     # strerror only: the message must not leak absolute paths into problem+json bodies.
     reason = f": {exc.strerror}" if exc.strerror else ""
+    if exc.errno in FULL_ERRNOS:
+        return StorageFull("blob store", f"{type(exc).__name__}{reason}")
     return BackendUnavailable("blob store", f"{type(exc).__name__}{reason}")
 
 
@@ -209,23 +218,46 @@ class FileBlobStore:
         modified = datetime.fromtimestamp(st.st_mtime, tz=UTC)
         return BlobInfo(key=entry.name, size=st.st_size, last_modified=modified)
 
-    def remove_stale_temp(self, older_than_seconds: float = 3600) -> int:
-        """Delete temp files untouched for that long (left by crashed uploads); return how many."""
-        # An upload in progress keeps its temp file's mtime fresh with every write.
+    def remove_stale_temp(
+        self,
+        older_than_seconds: float = 3600,
+        referenced: Callable[[list[str]], set[str]] | None = None,
+    ) -> int:
+        """Delete the temp files of dead uploads; return how many.
+
+        With `referenced` (which of these keys does a document name?) a temp file is dead when
+        no document names the key it is written for: uploads write their PENDING document
+        first, and the sweeper removes that document once its heartbeat is stale. Without it,
+        a temp file is dead when untouched for `older_than_seconds` (every write touches it).
+        """
         cutoff = time.time() - older_than_seconds
-        removed = 0
         try:
-            with os.scandir(self._temp) as entries:
-                for entry in entries:
-                    with contextlib.suppress(FileNotFoundError):
-                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                            os.unlink(entry.path)
-                            removed += 1
+            with os.scandir(self._temp) as listing:
+                entries = list(listing)
+            if referenced is None:
+                dead = [e for e in entries if self._mtime(e) < cutoff]
+            else:
+                keys = {e.path: e.name.split(".", 1)[0] for e in entries}
+                named = [key for key in keys.values() if _KEY.fullmatch(key)]
+                alive = referenced(named) if named else set()
+                dead = [e for e in entries if keys[e.path] not in alive]
+            removed = 0
+            for entry in dead:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
         except FileNotFoundError:
-            return removed  # no upload ever ran
+            return 0  # no upload ever ran
         except OSError as exc:
             raise _unavailable(exc) from exc
         return removed
+
+    @staticmethod
+    def _mtime(entry: os.DirEntry[str]) -> float:
+        try:
+            return entry.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:
+            return float("inf")  # gone already
 
     def _check_root(self) -> None:
         # Without its root (an unmounted volume) "no such file" says nothing about the blob.

@@ -28,6 +28,10 @@ class BackendUnavailable(StorageError):
         self.detail = detail
 
 
+class StorageFull(BackendUnavailable):
+    """The backend's disk (or quota) is full: nothing was written (maps to 507)."""
+
+
 class BlobNotFound(StorageError):
     """No blob is stored under the key."""
 
@@ -263,8 +267,17 @@ class MediaRepository(Protocol):
         """READY items of the scope created in [start_time, end_time], one page, with the total."""
         ...
 
+    def heartbeat(self, item_id: str, now: datetime) -> bool:
+        """Record that a PENDING item's upload is alive (its time_last_updated = now).
+
+        False if the item is not PENDING (any more): the sweeper rolled it back, the upload
+        should stop. Not durable: a heartbeat lost in a crash only makes a dead upload look dead.
+        """
+        ...
+
     def iter_hidden(self, older_than: datetime) -> Iterator[MediaItem]:
-        """PENDING items created before `older_than`, and every DELETING item (for the sweeper)."""
+        """PENDING items whose heartbeat (time_last_updated) is before `older_than`, whenever
+        they were created, and every DELETING item (for the sweeper)."""
         ...
 
     def iter_ready(self, older_than: datetime) -> Iterator[MediaItem]:

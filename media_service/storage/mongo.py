@@ -249,6 +249,14 @@ class MongoMediaRepository(records.StateTransitions):
             ready = self._items.find_one({"_id": item_id, "state": "ready"}, {"_id": True})
         return CountResult(CountOutcome.NOT_FOUND if ready is None else CountOutcome.LIMIT_REACHED)
 
+    def heartbeat(self, item_id: str, now: datetime) -> bool:
+        with _translated():
+            result = self._items.update_one(
+                {"_id": records.require_id(item_id), "state": "pending"},
+                {"$set": {"time_last_updated": records.utc_ms(now, "now")}},
+            )
+        return result.matched_count > 0
+
     def remove(self, item_id: str) -> bool:
         with _translated():
             result = self._items.delete_one({"_id": records.require_id(item_id)})
@@ -281,7 +289,8 @@ class MongoMediaRepository(records.StateTransitions):
         # Pages rather than one open cursor: the sweeper works between documents, and a cursor
         # is bounded by timeoutMS for its whole lifetime.
         cutoff = records.utc_ms(older_than, "older_than")
-        yield from self._pages({"state": "pending", "time_created": {"$lt": cutoff}})
+        # A PENDING item's time_last_updated is its upload's heartbeat.
+        yield from self._pages({"state": "pending", "time_last_updated": {"$lt": cutoff}})
         yield from self._pages({"state": "deleting"})
 
     def iter_ready(self, older_than: datetime) -> Iterator[MediaItem]:

@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import unquote, urlsplit
@@ -244,53 +244,27 @@ class S3BlobStore:
     def _discard(self, object_key: str) -> None:
         """Best effort: abort open multipart uploads of the key and delete what may be there."""
         with contextlib.suppress(BotoCoreError, ClientError):
-            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=object_key)
-            for upload in listing.get("Uploads", []):
-                if upload.get("Key") == object_key and "UploadId" in upload:
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=object_key, UploadId=upload["UploadId"]
-                    )
+            self._abort_uploads(object_key)
             self.client.delete_object(Bucket=self.bucket, Key=object_key)
 
-    def remove_stale_temp(self, older_than_seconds: float = 3600) -> int:
-        """Abort multipart uploads under the prefix begun that long ago; return how many.
-
-        A worker killed mid-upload leaves its multipart upload open: invisible to listings of
-        objects, but its parts take space until aborted. A live upload is younger than the
-        sweeper's grace period, which is what `older_than_seconds` is.
-
-        The listing is of the whole bucket, filtered here: MinIO matches ListMultipartUploads'
-        Prefix only against whole object names, so a prefix listing would find nothing there.
-        """
-        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+    def _abort_uploads(self, object_key: str) -> int:
+        # Listing by the exact key: MinIO lists multipart uploads only that way.
+        listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=object_key)
         aborted = 0
-        paginator = self.client.get_paginator("list_multipart_uploads")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket):
-                for upload in page.get("Uploads", []):
-                    if not upload["Key"].startswith(self.prefix):
-                        continue
-                    key = upload["Key"][len(self.prefix) :]
-                    if not _KEY.fullmatch(key) or upload["Initiated"] > cutoff:
-                        continue  # another tenant's, or possibly still running
-                    aborted += self._abort(upload["Key"], upload["UploadId"])
-        except ClientError as exc:
-            raise _translate(exc, "ListMultipartUploads") from exc
-        except BotoCoreError as exc:
-            raise _translate(exc, "ListMultipartUploads") from exc
+        for upload in listing.get("Uploads", []):
+            if upload.get("Key") == object_key and "UploadId" in upload:
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=object_key, UploadId=upload["UploadId"]
+                )
+                aborted += 1
         return aborted
 
-    def _abort(self, object_key: str, upload_id: str) -> int:
-        """Abort one multipart upload; 1 if this call ended it, 0 if it had ended already."""
+    def abort_uploads_of(self, key: str) -> int:
+        """Abort the key's open multipart uploads (a dead upload's parts); return how many."""
         try:
-            self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=object_key, UploadId=upload_id
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
-                return 0  # ended meanwhile by its own worker's clean-up
-            raise
-        return 1
+            return self._abort_uploads(self._object_key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise _translate(exc, "AbortMultipartUpload") from exc
 
     def open(self, key: str, start: int = 0, length: int | None = None) -> S3BlobStream:
         """Open [start, start+length) with one GetObject (a Range header only for a part)."""
@@ -340,6 +314,48 @@ class S3BlobStore:
                         yield BlobInfo(key=key, size=entry["Size"], last_modified=modified)
         except (BotoCoreError, ClientError) as exc:
             raise _translate(exc, "ListObjectsV2") from exc
+
+    def abort_stale_uploads(
+        self, older_than: datetime, referenced: Callable[[list[str]], set[str]]
+    ) -> int:
+        """Abort the open multipart uploads of dead uploads; return how many.
+
+        A multipart upload started before `older_than` whose key no document names (`referenced`)
+        belongs to an upload whose worker died (the sweeper has removed its stale PENDING
+        document): its parts would otherwise be kept, and billed, for ever.
+        """
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        aborted = 0
+        try:
+            # The whole bucket, filtered here: MinIO matches ListMultipartUploads' Prefix only
+            # against whole object names, so a listing by prefix would find nothing there.
+            for page in paginator.paginate(Bucket=self.bucket):
+                candidates = [
+                    (upload["Key"], upload["UploadId"])
+                    for upload in page.get("Uploads", [])
+                    if upload["Key"].startswith(self.prefix)
+                    and _KEY.fullmatch(upload["Key"][len(self.prefix) :])
+                    and upload["Initiated"].astimezone(UTC) < older_than
+                ]
+                if not candidates:
+                    continue
+                keys = [key[len(self.prefix) :] for key, _ in candidates]
+                alive = referenced(keys)
+                for (object_key, upload_id), key in zip(candidates, keys, strict=True):
+                    if key in alive:
+                        continue
+                    try:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=object_key, UploadId=upload_id
+                        )
+                    except ClientError as exc:
+                        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                            raise
+                        continue  # finished or aborted meanwhile
+                    aborted += 1
+        except (BotoCoreError, ClientError) as exc:
+            raise _translate(exc, "ListMultipartUploads") from exc
+        return aborted
 
     def ping(self) -> None:
         """Raise BackendUnavailable unless the bucket answers HeadBucket."""

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from media_service.settings import Settings, sqlite_path
 from media_service.storage import records
+from media_service.storage.disk import SpareFile
 from media_service.storage.interfaces import (
     Account,
     AlreadyExists,
@@ -26,8 +28,11 @@ from media_service.storage.interfaces import (
     MediaItem,
     SearchPage,
     SearchQuery,
+    StorageFull,
 )
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 Params = Mapping[str, Any] | Sequence[Any]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -185,8 +190,15 @@ def _translated() -> Iterator[None]:
         # A value sqlite3 cannot bind (records.py refuses these first; this is the backstop).
         raise InvalidValue(f"a value cannot be stored: {type(exc).__name__}") from None
     except sqlite3.DatabaseError as exc:
+        if _is_full(exc):
+            raise StorageFull("database", str(exc)) from exc
         # Locked past busy_timeout, I/O error, disk full, unable to open, not a database...
         raise BackendUnavailable("database", str(exc)) from exc
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: a write needed pages (in the WAL or the file) that the disk does not have."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
 
 
 _open_databases: weakref.WeakSet[SqliteDatabase] = weakref.WeakSet()
@@ -205,9 +217,12 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class SqliteDatabase:
     """One SQLite file, with a connection per thread and per process, opened on first use."""
 
-    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+    def __init__(self, path: Path, timeout: float = 5.0, spare: SpareFile | None = None) -> None:
         self.path = Path(path)
         self.timeout = timeout
+        # Released by writes that free space or keep a promise (deletes, download counts) when
+        # the disk is full, so that they still succeed: see storage/disk.py.
+        self.spare = spare
         self._lock = threading.Lock()
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -222,7 +237,8 @@ class SqliteDatabase:
         """Open the database named by MEDIA_DATABASE_URL, creating its directory."""
         path = sqlite_path(settings.database_url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(path, settings.backend_timeout)
+        spare = SpareFile(path.parent, settings.sqlite_spare_bytes)
+        return cls(path, settings.backend_timeout, spare)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (raises sqlite3 errors; call it inside _translated)."""
@@ -287,20 +303,61 @@ class SqliteDatabase:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA synchronous = NORMAL")
 
-    def fetch(self, sql: str, params: Params = (), *, durable: bool = False) -> list[sqlite3.Row]:
-        """Run one statement and return all its rows (see _connect for `durable`)."""
+    def _statement(
+        self,
+        run: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool,
+        may_use_spare: bool,
+    ) -> T:
+        """Run one autocommit statement; with `may_use_spare`, a disk-full failure releases
+        the spare file and is retried once (a failed statement changed nothing)."""
         with _translated():
             conn = self.connection()
             with self._synchronous(conn, durable):
-                # Stepping to the end matters: an UPDATE ... RETURNING commits only when finished.
-                return conn.execute(sql, params).fetchall()
+                try:
+                    return run(conn)
+                except sqlite3.OperationalError as exc:
+                    if not (
+                        may_use_spare
+                        and _is_full(exc)
+                        and self.spare is not None
+                        and self.spare.release()
+                    ):
+                        raise
+                    log.warning("disk full: released the spare file beside %s", self.path.name)
+                return run(conn)
 
-    def run(self, sql: str, params: Params = (), *, durable: bool = False) -> int:
+    def fetch(
+        self,
+        sql: str,
+        params: Params = (),
+        *,
+        durable: bool = False,
+        may_use_spare: bool = False,
+    ) -> list[sqlite3.Row]:
+        """Run one statement and return all its rows (see _connect for `durable`)."""
+        # Stepping to the end matters: an UPDATE ... RETURNING commits only when finished.
+        return self._statement(
+            lambda conn: conn.execute(sql, params).fetchall(),
+            durable=durable,
+            may_use_spare=may_use_spare,
+        )
+
+    def run(
+        self,
+        sql: str,
+        params: Params = (),
+        *,
+        durable: bool = False,
+        may_use_spare: bool = False,
+    ) -> int:
         """Run one statement and return how many rows it changed (see _connect for `durable`)."""
-        with _translated():
-            conn = self.connection()
-            with self._synchronous(conn, durable):
-                return conn.execute(sql, params).rowcount
+        return self._statement(
+            lambda conn: conn.execute(sql, params).rowcount,
+            durable=durable,
+            may_use_spare=may_use_spare,
+        )
 
     @contextmanager
     def transaction(self, *, write: bool, durable: bool = False) -> Iterator[sqlite3.Connection]:
@@ -338,6 +395,8 @@ class SqliteDatabase:
             if present < len(_COUNT_OBJECTS):
                 conn.execute("DELETE FROM media_counts")
                 conn.execute(_BACKFILL)
+        if self.spare is not None and not self.spare.ensure():
+            log.warning("no room for the spare file beside %s", self.path.name)
 
     def ping(self) -> None:
         """Raise BackendUnavailable unless the file can be opened and read."""
@@ -413,12 +472,20 @@ class SqliteMediaRepository(records.StateTransitions):
             f"UPDATE media_items SET {assignments} WHERE id = :_id AND state = :_from RETURNING *",
             params,
             durable=True,
+            # A tombstone is the first step of freeing space: it must work on a full disk.
+            may_use_spare=values.get("state") == "deleting",
         )
         return _item(rows[0]) if rows else None
 
     def count_download(self, item_id: str, *, enforce_limit: bool) -> CountResult:
         # Not durable, and without RETURNING (times_downloaded stays None): see _connect.
-        changed = self.db.run(_COUNT, {"id": records.require_id(item_id), "enforce": enforce_limit})
+        # May use the spare: a download whose count cannot be kept is refused or served
+        # uncounted (service/media.py), so a full disk must not be the common reason.
+        changed = self.db.run(
+            _COUNT,
+            {"id": records.require_id(item_id), "enforce": enforce_limit},
+            may_use_spare=True,
+        )
         if changed:
             return CountResult(CountOutcome.COUNTED)
         # Nothing was counted; this read only picks which refusal to report.
@@ -427,10 +494,21 @@ class SqliteMediaRepository(records.StateTransitions):
         )
         return CountResult(CountOutcome.LIMIT_REACHED if ready else CountOutcome.NOT_FOUND)
 
+    def heartbeat(self, item_id: str, now: datetime) -> bool:
+        # synchronous=NORMAL: see the interface; the count triggers do not watch this column.
+        changed = self.db.run(
+            "UPDATE media_items SET time_last_updated = ? WHERE id = ? AND state = 'pending'",
+            (to_ms(now), records.require_id(item_id)),
+        )
+        return changed > 0
+
     def remove(self, item_id: str) -> bool:
         return (
             self.db.run(
-                "DELETE FROM media_items WHERE id = ?", (records.require_id(item_id),), durable=True
+                "DELETE FROM media_items WHERE id = ?",
+                (records.require_id(item_id),),
+                durable=True,
+                may_use_spare=True,
             )
             > 0
         )
@@ -451,7 +529,8 @@ class SqliteMediaRepository(records.StateTransitions):
     def iter_hidden(self, older_than: datetime) -> Iterator[MediaItem]:
         # Pages rather than one open cursor: the sweeper removes rows while it iterates, and a
         # long-lived read would hold back WAL checkpoints.
-        yield from self._pages("state = 'pending' AND time_created < :cutoff", older_than)
+        # A PENDING item's time_last_updated is its upload's heartbeat.
+        yield from self._pages("state = 'pending' AND time_last_updated < :cutoff", older_than)
         yield from self._pages("state = 'deleting'", older_than)
 
     def iter_ready(self, older_than: datetime) -> Iterator[MediaItem]:

@@ -23,6 +23,7 @@ from werkzeug.wsgi import get_input_stream
 from media_service.client import (
     BasicAuth,
     CachedTokenMinter,
+    InsufficientStorage,
     JwtAuth,
     MediaApiError,
     MediaClient,
@@ -498,6 +499,25 @@ def test_too_large(
     with pytest.raises(TooLarge) as caught:
         media.upload_file(io.BytesIO(b"z" * size), filename="z.bin")
     assert caught.value.status == 413 and isinstance(caught.value, MediaApiError)
+    assert list(media.search()) == []
+
+
+def test_insufficient_storage(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    backends: Backends,
+    owner: Credentials,
+    make_client: ClientFactory,
+) -> None:
+    """The server's free-space reserve is reached: 507, raised as InsufficientStorage."""
+    app = create_app(make_settings(tmp_path, min_free_bytes=2**62), backends=backends)
+    media = make_client(serve(request, app), basic(owner))
+    with pytest.raises(InsufficientStorage) as caught:
+        media.upload_file(io.BytesIO(b"z" * 4096), filename="z.bin")
+    error = caught.value
+    assert error.status == 507 and isinstance(error, MediaApiError)
+    assert error.problem_type is not None
+    assert error.problem_type.endswith(":insufficient-storage")
     assert list(media.search()) == []
 
 

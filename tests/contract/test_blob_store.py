@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -474,9 +474,10 @@ def test_abandoned_multipart_uploads_are_aborted(s3_harness: Harness) -> None:
     foreign = f"{store.prefix}not/a-key"  # under the prefix, but not a name the store gives
     start_multipart_upload(store, foreign)
 
-    assert store.remove_stale_temp(0) == 1
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    assert store.abort_stale_uploads(later, nothing_referenced) == 1
     assert open_uploads_in_bucket(store) == [foreign]
-    assert store.remove_stale_temp(0) == 0  # idempotent
+    assert store.abort_stale_uploads(later, nothing_referenced) == 0  # idempotent
 
 
 @pytest.mark.minio  # moto reports every upload as begun in 2010
@@ -489,11 +490,16 @@ def test_young_multipart_uploads_are_spared() -> None:
         assert isinstance(store, S3BlobStore)
         young = store.prefix + new_key()
         start_multipart_upload(store, young)
-        assert store.remove_stale_temp(3600) == 0
+        an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+        assert store.abort_stale_uploads(an_hour_ago, nothing_referenced) == 0
         assert open_uploads_in_bucket(store) == [young]
 
 
+def nothing_referenced(keys: list[str]) -> set[str]:
+    return set()
+
+
 def open_uploads_in_bucket(store: S3BlobStore) -> list[str]:
-    """Open uploads under the store's prefix, from a bucket-wide listing (see remove_stale_temp)."""
+    """Open uploads under the store's prefix, from a bucket-wide listing (MinIO: see s3.py)."""
     listing = store.client.list_multipart_uploads(Bucket=store.bucket)
     return sorted(u["Key"] for u in listing.get("Uploads", []) if u["Key"].startswith(store.prefix))

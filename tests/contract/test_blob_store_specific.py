@@ -7,6 +7,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,32 @@ def test_remove_stale_temp(files: FileBlobStore) -> None:
     assert fresh.exists()
 
 
+def test_remove_stale_temp_keeps_the_temp_files_of_live_uploads(files: FileBlobStore) -> None:
+    """With `referenced`, a temp file goes when no document names its key (its upload is
+    dead: documents are written first), and stays, however old, while one does."""
+    live_key, dead_key = new_key(), new_key()
+    temp = files.root / ".tmp"
+    temp.mkdir()
+    live, dead = temp / f"{live_key}.1.part", temp / f"{dead_key}.2.part"
+    foreign = temp / ".not-a-key"
+    long_ago = time.time() - 7 * 86400
+    for path in (live, dead, foreign):
+        path.write_bytes(b"half an upload")
+        os.utime(path, (long_ago, long_ago))
+    asked: list[list[str]] = []
+
+    def referenced(keys: list[str]) -> set[str]:
+        asked.append(sorted(keys))
+        return {live_key} & set(keys)
+
+    assert files.remove_stale_temp(3600, referenced=referenced) == 2
+    assert live.exists() and not dead.exists() and not foreign.exists()
+    assert asked == [sorted([live_key, dead_key])]
+    fresh = temp / f"{new_key()}.3.part"
+    fresh.write_bytes(b"just started")
+    assert files.remove_stale_temp(3600, referenced=referenced) == 1  # unreferenced: dead now
+
+
 def test_list_blobs_skips_temp_and_foreign_files(files: FileBlobStore) -> None:
     key = new_key()
     files.put(key, ShortReads(b"mine"))
@@ -261,6 +288,25 @@ def test_prefix_scopes_keys_and_listing(moto: None) -> None:
     assert read_all(store.open(key)) == b"mine"
     store.delete(key)
     assert store.client.get_object(Bucket="shared", Key=key)["Body"].read() == b"not mine"
+
+
+def test_abort_stale_uploads_aborts_only_unreferenced_multipart_uploads(moto: None) -> None:
+    """An open multipart upload of a dead upload (no document names its key) is aborted; a
+    live one (its PENDING document is there) and other tenants' uploads are left alone."""
+    store = s3_store("s3://shared/tenant/a")
+    live_key, dead_key = new_key(), new_key()
+    for object_key in (f"tenant/a/{live_key}", f"tenant/a/{dead_key}", f"other/{dead_key}"):
+        store.client.create_multipart_upload(Bucket="shared", Key=object_key)
+
+    def referenced(keys: list[str]) -> set[str]:
+        return {live_key} & set(keys)
+
+    # moto reports a fixed Initiated time (2010), so only "older than now" is checked here.
+    assert store.abort_stale_uploads(datetime.now(UTC) + timedelta(hours=1), referenced) == 1
+    open_keys = sorted(
+        u["Key"] for u in store.client.list_multipart_uploads(Bucket="shared").get("Uploads", [])
+    )
+    assert open_keys == sorted([f"tenant/a/{live_key}", f"other/{dead_key}"])
 
 
 def test_list_blobs_paginates(moto: None) -> None:

@@ -488,11 +488,17 @@ def test_search_refuses_bad_paging(repo: MediaRepository) -> None:
 # --------------------------------------------------------------------------- sweeper support
 
 
+def pending(repo: MediaRepository, heartbeat: datetime, **overrides: Any) -> MediaItem:
+    """A PENDING item whose last heartbeat (time_last_updated) was at `heartbeat`."""
+    overrides.setdefault("time_created", heartbeat)
+    return add(repo, state=ItemState.PENDING, time_last_updated=heartbeat, **overrides)
+
+
 def test_iter_hidden_yields_old_pending_and_every_deleting_item(repo: MediaRepository) -> None:
     cutoff = T0
-    old_pending = add(repo, state=ItemState.PENDING, time_created=T0 - MINUTE)
-    add(repo, state=ItemState.PENDING, time_created=T0 + MINUTE)  # an upload in flight
-    add(repo, state=ItemState.PENDING, time_created=T0)  # not strictly older
+    old_pending = pending(repo, T0 - MINUTE)
+    pending(repo, T0 + MINUTE)  # an upload in flight
+    pending(repo, T0)  # not strictly older
     deleting_old = add(repo, state=ItemState.DELETING, time_created=T0 - MINUTE)
     deleting_new = add(repo, state=ItemState.DELETING, time_created=T0 + MINUTE)
     add(repo, time_created=T0 - timedelta(days=30))  # READY, however old
@@ -507,7 +513,7 @@ def test_iter_hidden_pages_through_while_items_are_removed(
     monkeypatch.setattr(sqlite, "_BATCH", 2)
     monkeypatch.setattr(mongo, "_BATCH", 2)
     hidden = [add(repo, state=ItemState.DELETING, time_created=T0) for _ in range(3)]
-    hidden += [add(repo, state=ItemState.PENDING, time_created=T0 - i * MINUTE) for i in (1, 2, 3)]
+    hidden += [pending(repo, T0 - i * MINUTE) for i in (1, 2, 3)]
     seen = []
     for item in repo.iter_hidden(T0):
         seen.append(item.id)
@@ -534,6 +540,29 @@ def test_iter_ready_pages_through_every_item(
     monkeypatch.setattr(mongo, "_BATCH", 2)
     ready = [add(repo, time_created=T0 - i * MINUTE) for i in (1, 1, 2, 3, 4)]
     assert sorted(i.id for i in repo.iter_ready(T0)) == sorted(i.id for i in ready)
+
+
+def test_iter_hidden_judges_pending_items_by_their_heartbeat(repo: MediaRepository) -> None:
+    """A PENDING item is dead when its heartbeat is old, whenever its upload started."""
+    long_running = pending(repo, T0 + MINUTE, time_created=T0 - timedelta(days=1))
+    crashed = pending(repo, T0 - MINUTE, time_created=T0 - MINUTE)
+    found = [item.id for item in repo.iter_hidden(T0)]
+    assert found == [crashed.id]
+    assert long_running.id not in found
+
+
+def test_heartbeat_refreshes_only_pending_items(repo: MediaRepository) -> None:
+    upload = pending(repo, T0 - timedelta(hours=2))
+    assert [item.id for item in repo.iter_hidden(T0)] == [upload.id]
+    assert repo.heartbeat(upload.id, T0 + MINUTE) is True
+    assert list(repo.iter_hidden(T0)) == []
+    stored = repo.get(upload.id, include_hidden=True)
+    assert stored is not None and stored.time_last_updated == T0 + MINUTE
+    assert stored.time_created == upload.time_created  # only the heartbeat moves
+    ready = add(repo)
+    assert repo.heartbeat(ready.id, T0 + MINUTE) is False  # finished: nothing to keep alive
+    assert repo.get(ready.id) == ready
+    assert repo.heartbeat(str(uuid.uuid4()), T0) is False  # rolled back by the sweeper
 
 
 def test_ids_with_keys_reports_referenced_keys_whatever_the_state(

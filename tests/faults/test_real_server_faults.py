@@ -85,9 +85,9 @@ class World:
         return self.gunicorn(self.env)
 
     def sweep(self) -> dict[str, int]:
-        """`media-service sweep --grace-seconds 0`, as an operator runs it."""
+        """`media-service sweep` with no grace and no stale bound, as an operator runs it."""
         done = subprocess.run(
-            [str(MEDIA_SERVICE_CLI), "sweep", "--grace-seconds", "0"],
+            [str(MEDIA_SERVICE_CLI), "sweep", "--grace-seconds", "0", "--stale-seconds", "0"],
             env=self.env,
             capture_output=True,
             text=True,

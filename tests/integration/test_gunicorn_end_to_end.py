@@ -222,7 +222,7 @@ def test_health_and_readiness(stack: LiveServer) -> None:
         assert health.status_code == 200 and health.json()["status"] == "ok"
         ready = http.get(f"{stack.url}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"] == {"database": "ok", "blob_store": "ok"}
+        assert ready.json()["checks"] == {"database": "ok", "blob_store": "ok", "disk": "ok"}
 
 
 def test_readiness_fails_when_the_bucket_is_missing(

@@ -78,7 +78,7 @@ def test_ready_on_real_backends(real_stack: LiveServer) -> None:
     with real_stack.session() as http:
         ready = http.get(f"{real_stack.url}/readyz", timeout=15)
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": "ok", "blob_store": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "blob_store": "ok", "disk": "ok"}
 
 
 def test_stopped_server_leaves_the_backends_usable_by_a_new_one(
