@@ -40,6 +40,7 @@ from media_service.storage.interfaces import (
 Document = dict[str, Any]
 
 _BATCH = 500  # documents per sweeper page, and values per $in list
+_CAS_TRIES = 50  # compare-and-set attempts on times_downloaded before giving up (503)
 _TIME_ORDER = [("time_created", ASCENDING), ("_id", ASCENDING)]
 
 # Server error codes that mean "not now" rather than "wrong request": network trouble, elections,
@@ -161,11 +162,27 @@ class MongoDatabase:
 def _document(record: Mapping[str, object]) -> Document:
     doc: Document = {"_id": record["id"]}
     doc.update((name, value) for name, value in record.items() if name != "id")
+    left = _downloads_left(doc["max_downloads_allowed"], doc["times_downloaded"])
+    if left is not None:
+        doc[DOWNLOADS_LEFT] = left
     return doc
 
 
 def _item(doc: Mapping[str, Any]) -> MediaItem:
+    # item_from_record reads only MediaItem's fields: adapter fields such as downloads_left
+    # never reach the item (nor its JSON).
     return records.item_from_record({**doc, "id": doc["_id"]})
+
+
+# `downloads_left` = max_downloads_allowed - times_downloaded, kept only on limited items, so that
+# an enforced count is a plain `{"downloads_left": {"$gt": 0}}` filter with `$inc` on both fields:
+# one atomic conditional update, without `$expr` (which FerretDB cannot evaluate). It is absent
+# when the item is unlimited (max 0), never null: `$inc` on null fails on MongoDB.
+DOWNLOADS_LEFT = "downloads_left"
+
+
+def _downloads_left(maximum: object, times: object) -> int | None:
+    return None if not maximum else int(maximum) - int(times)  # type: ignore[call-overload]
 
 
 class MongoMediaRepository(records.StateTransitions):
@@ -197,6 +214,16 @@ class MongoMediaRepository(records.StateTransitions):
                 )
             items.create_index([("state", ASCENDING), *_TIME_ORDER], name="state_time")
             items.create_index([("store_key", ASCENDING)], name="store_key", unique=True)
+            # Items stored before downloads_left existed: give each its value (idempotent, and
+            # safe beside live traffic: every document is compare-and-set on its own).
+            missing = {"max_downloads_allowed": {"$gt": 0}, DOWNLOADS_LEFT: {"$exists": False}}
+            for doc in list(items.find(missing, {"_id": True})):
+                self._backfill_downloads_left(doc["_id"])
+
+    def _backfill_downloads_left(self, item_id: str) -> None:
+        """Give one limited item its downloads_left, unless it has one by now."""
+        query = {"_id": item_id, DOWNLOADS_LEFT: {"$exists": False}}
+        self._set_with_downloads_left(query, {"$set": {}})
 
     def insert(self, item: MediaItem) -> None:
         doc = _document(records.item_record(item))
@@ -215,35 +242,85 @@ class MongoMediaRepository(records.StateTransitions):
         self, item_id: str, from_state: str, values: Mapping[str, object]
     ) -> MediaItem | None:
         """Set `values` on the item if it is in `from_state`; return it as updated."""
+        query: Document = {"_id": records.require_id(item_id), "state": from_state}
+        # Field names checked by records, values are values.
+        update: Document = {"$set": dict(values)}
         with _translated():
-            doc = self._items.find_one_and_update(
-                {"_id": records.require_id(item_id), "state": from_state},
-                {"$set": dict(values)},  # field names checked by records, values are values
-                return_document=ReturnDocument.AFTER,
-            )
+            if "max_downloads_allowed" in values or "times_downloaded" in values:
+                doc = self._set_with_downloads_left(query, update)
+            else:
+                doc = self._items.find_one_and_update(
+                    query, update, return_document=ReturnDocument.AFTER
+                )
         return None if doc is None else _item(doc)
 
-    def count_download(self, item_id: str, *, enforce_limit: bool) -> CountResult:
-        query: Document = {"_id": records.require_id(item_id), "state": "ready"}
-        if enforce_limit:
-            # The limit is part of the filter, so the check and the $inc are one atomic
-            # document update on the server: exact under any number of workers and hosts.
-            query["$or"] = [
-                {"max_downloads_allowed": 0},
-                {"$expr": {"$lt": ["$times_downloaded", "$max_downloads_allowed"]}},
-            ]
-        with _translated():
+    def _set_with_downloads_left(self, query: Document, update: Document) -> Document | None:
+        """Apply `update` and recompute downloads_left, compare-and-set on times_downloaded.
+
+        Downloads keep counting meanwhile: the new downloads_left is only right for the
+        times_downloaded it was computed from, so the update is retried until none came between.
+        """
+        values: Document = update["$set"]
+        for _ in range(_CAS_TRIES):
+            current = self._items.find_one(
+                query, {"max_downloads_allowed": True, "times_downloaded": True}
+            )
+            if current is None:
+                return None
+            times = values.get("times_downloaded", current["times_downloaded"])
+            maximum = values.get("max_downloads_allowed", current["max_downloads_allowed"])
+            left = _downloads_left(maximum, times)
+            assignments = dict(values)
+            change: Document = {}
+            if left is None:
+                change["$unset"] = {DOWNLOADS_LEFT: ""}
+            else:
+                assignments[DOWNLOADS_LEFT] = left
+            if assignments:  # MongoDB refuses an empty $set
+                change["$set"] = assignments
             doc = self._items.find_one_and_update(
-                query,
-                {"$inc": {"times_downloaded": 1}},
-                projection={"times_downloaded": True},
+                {**query, "times_downloaded": current["times_downloaded"]},
+                change,
                 return_document=ReturnDocument.AFTER,
             )
             if doc is not None:
-                return CountResult(CountOutcome.COUNTED, int(doc["times_downloaded"]))
-            # Nothing was counted; this read only picks which refusal to report.
-            ready = self._items.find_one({"_id": item_id, "state": "ready"}, {"_id": True})
-        return CountResult(CountOutcome.NOT_FOUND if ready is None else CountOutcome.LIMIT_REACHED)
+                return doc
+        raise BackendUnavailable("database", "downloads kept racing an update of the limit")
+
+    def count_download(self, item_id: str, *, enforce_limit: bool) -> CountResult:
+        ready: Document = {"_id": records.require_id(item_id), "state": "ready"}
+        # Each attempt is one atomic conditional update on the server (the limit is part of the
+        # filter): exact under any number of workers and hosts. Unlimited items (the common
+        # case) are tried first; limited ones also move downloads_left, in the same update.
+        unlimited = {**ready, "max_downloads_allowed": 0}
+        limited: Document = {**ready, "max_downloads_allowed": {"$gt": 0}}
+        if enforce_limit:
+            limited[DOWNLOADS_LEFT] = {"$gt": 0}
+        with _translated():
+            for _ in range(3):  # a limit changed between the two attempts: try again
+                doc = self._items.find_one_and_update(
+                    unlimited,
+                    {"$inc": {"times_downloaded": 1}},
+                    return_document=ReturnDocument.AFTER,
+                ) or self._items.find_one_and_update(
+                    limited,
+                    {"$inc": {"times_downloaded": 1, DOWNLOADS_LEFT: -1}},
+                    return_document=ReturnDocument.AFTER,
+                )
+                if doc is not None:
+                    return CountResult(CountOutcome.COUNTED, int(doc["times_downloaded"]))
+                # Nothing was counted; this read only picks which refusal to report.
+                current = self._items.find_one(
+                    ready, {"max_downloads_allowed": True, DOWNLOADS_LEFT: True}
+                )
+                if current is None:
+                    return CountResult(CountOutcome.NOT_FOUND)
+                if current["max_downloads_allowed"] and DOWNLOADS_LEFT in current:
+                    return CountResult(CountOutcome.LIMIT_REACHED)
+                if current["max_downloads_allowed"]:
+                    # Written before downloads_left existed and not yet backfilled.
+                    self._backfill_downloads_left(current["_id"])
+        return CountResult(CountOutcome.LIMIT_REACHED)
 
     def remove(self, item_id: str) -> bool:
         with _translated():
