@@ -5,7 +5,9 @@ Safe to run at any time, also beside live traffic, and idempotent:
   (an upload still running past the grace finds its item gone and fails cleanly);
 * a DELETING item is a delete that died after its tombstone: finish it;
 * a blob whose key no document references (and older than the grace period) is removed:
-  uploads write the document before the bytes, so such a blob can only be a leftover.
+  uploads write the document before the bytes, so such a blob can only be a leftover;
+* a repository that keeps search counts beside its items (MongoDB) settles the count changes of
+  writers that died midway (`heal_counts`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class SweepReport:
     pending_rolled_back: int = 0
     deletes_finished: int = 0
     orphan_blobs_removed: int = 0
+    counts_healed: int = 0
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -37,6 +40,13 @@ def sweep(backends: Backends, *, now: datetime, grace: timedelta) -> SweepReport
     """Run one pass; errors on single items are logged and counted, not raised."""
     report = SweepReport()
     cutoff = now - grace
+    heal_counts = getattr(backends.media, "heal_counts", None)
+    if heal_counts is not None:  # before removing items: their marks go with them
+        try:
+            report.counts_healed = heal_counts(now)
+        except StorageError as error:
+            report.errors += 1
+            log.warning("sweeper could not heal search counts: %s", error)
     for item in backends.media.iter_hidden(older_than=cutoff):
         try:
             backends.blobs.delete(item.store_key)

@@ -24,7 +24,7 @@ from pymongo.errors import (
 )
 
 from media_service.settings import Settings
-from media_service.storage import records
+from media_service.storage import mongo_counts, records
 from media_service.storage.interfaces import (
     Account,
     AlreadyExists,
@@ -191,6 +191,7 @@ class MongoMediaRepository(records.StateTransitions):
     def __init__(self, db: MongoDatabase, collection: str = "media_items") -> None:
         self.db = db
         self.collection_name = collection
+        self._counts = mongo_counts.MinuteCounts(db.collection, collection)
 
     @classmethod
     def from_database(cls, db: MongoDatabase) -> MongoMediaRepository:
@@ -219,6 +220,14 @@ class MongoMediaRepository(records.StateTransitions):
             missing = {"max_downloads_allowed": {"$gt": 0}, DOWNLOADS_LEFT: {"$exists": False}}
             for doc in list(items.find(missing, {"_id": True})):
                 self._backfill_downloads_left(doc["_id"])
+            self._counts.ensure_indexes()
+            self._counts.build_if_missing()
+            self._counts.heal()
+
+    def heal_counts(self, now: datetime) -> int:
+        """Settle the search-count changes of writers that died midway (for the sweeper)."""
+        with _translated():
+            return self._counts.heal(at=records.utc_ms(now, "now"))
 
     def _backfill_downloads_left(self, item_id: str) -> None:
         """Give one limited item its downloads_left, unless it has one by now."""
@@ -227,8 +236,12 @@ class MongoMediaRepository(records.StateTransitions):
 
     def insert(self, item: MediaItem) -> None:
         doc = _document(records.item_record(item))
+        if doc["state"] == "ready":
+            doc[mongo_counts.PLUS] = mongo_counts.now()
         with _translated():
             self._items.insert_one(doc)
+            if doc["state"] == "ready":
+                self._counts.settle(doc, mongo_counts.PLUS)
 
     def get(self, item_id: str, *, include_hidden: bool = False) -> MediaItem | None:
         query: Document = {"_id": records.require_id(item_id)}
@@ -245,6 +258,12 @@ class MongoMediaRepository(records.StateTransitions):
         query: Document = {"_id": records.require_id(item_id), "state": from_state}
         # Field names checked by records, values are values.
         update: Document = {"$set": dict(values)}
+        # Entering or leaving READY marks the item in the same atomic update (mongo_counts).
+        mark = mongo_counts.MinuteCounts.mark(
+            from_state == "ready", values.get("state", from_state) == "ready"
+        )
+        if mark is not None:
+            update["$set"][mark] = mongo_counts.now()
         with _translated():
             if "max_downloads_allowed" in values or "times_downloaded" in values:
                 doc = self._set_with_downloads_left(query, update)
@@ -252,6 +271,8 @@ class MongoMediaRepository(records.StateTransitions):
                 doc = self._items.find_one_and_update(
                     query, update, return_document=ReturnDocument.AFTER
                 )
+            if doc is not None and mark is not None:
+                self._counts.settle(doc, mark)
         return None if doc is None else _item(doc)
 
     def _set_with_downloads_left(self, query: Document, update: Document) -> Document | None:
@@ -323,9 +344,21 @@ class MongoMediaRepository(records.StateTransitions):
         return CountResult(CountOutcome.LIMIT_REACHED)
 
     def remove(self, item_id: str) -> bool:
+        query: Document = {"_id": records.require_id(item_id)}
         with _translated():
-            result = self._items.delete_one({"_id": records.require_id(item_id)})
-        return result.deleted_count > 0
+            for _ in range(_CAS_TRIES):
+                doc = self._items.find_one(query, {"state": True})
+                if doc is None:
+                    return False
+                if doc["state"] == "ready":
+                    # Leave the search counts first, as a delete does (a crash now leaves a
+                    # DELETING tombstone, which the sweeper finishes).
+                    self.mark_deleting(item_id)
+                    continue
+                self._counts.heal(item_id)  # a dead writer's marks would go with the document
+                if self._items.delete_one({**query, "state": {"$ne": "ready"}}).deleted_count:
+                    return True
+        raise BackendUnavailable("database", "the item kept changing while being removed")
 
     def search(self, query: SearchQuery) -> SearchPage:
         start, end = records.check_query(query)
@@ -339,9 +372,12 @@ class MongoMediaRepository(records.StateTransitions):
         }
         if query.scope.application_id is not None:
             match["application_id"] = query.scope.application_id
+        scope = {key: value for key, value in match.items() if key != "time_created"}
         direction = ASCENDING if query.ascending else DESCENDING
         with _translated():
-            total = self._items.count_documents(match)
+            total = self._counts.total(scope, start, end)
+            if total is None:
+                total = self._items.count_documents(match)
             docs: list[Document] = []
             if query.limit > 0:  # limit(0) would mean "no limit" to MongoDB
                 cursor = self._items.find(match).sort(

@@ -310,6 +310,7 @@ def test_cli_sweep_prints_a_json_report(
             "pending_rolled_back": 1,
             "deletes_finished": 1,
             "orphan_blobs_removed": 1,
+            "counts_healed": 0,
             "errors": 0,
         }
         assert not exists(backends, pending)
