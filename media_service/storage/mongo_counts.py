@@ -16,6 +16,7 @@ A mark older than MARK_GRACE belongs to a writer that died (every call has a bou
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -57,6 +58,18 @@ def minute_key(doc: Mapping[str, Any]) -> Document:
         "application_id": doc["application_id"] or "",
         "minute": epoch_ms(created) // _MINUTE_MS,  # floor, also before 1970
     }
+
+
+def key_id(key: Mapping[str, Any]) -> str:
+    """The `_id` of a media_counts document: every write finds it by `_id`, which FerretDB 1.x
+    (whose other filters all scan the collection) looks up directly."""
+    return json.dumps([key["account_id"], key["application_id"], key["minute"]])
+
+
+def count_document(account_id: str, application_id: str, minute: int, n: int) -> Document:
+    """A whole media_counts document (for building the counts in bulk)."""
+    key = {"account_id": account_id, "application_id": application_id, "minute": minute}
+    return {"_id": key_id(key), **key, "n": n, "applied": []}
 
 
 def now() -> datetime:
@@ -117,11 +130,11 @@ class MinuteCounts:
         self._apply(key, op, _SIGN[mark])
         self._clear(doc, mark)
         if owner:
-            self.counts.update_one(key, {"$pull": {"applied": op}})
+            self.counts.update_one({"_id": key_id(key)}, {"$pull": {"applied": op}})
 
     def _apply(self, key: Document, op: str, delta: int) -> None:
-        pending: Document = {**key, "applied": {"$ne": op}}
-        change = {"$inc": {"n": delta}, "$push": {"applied": op}}
+        pending: Document = {"_id": key_id(key), "applied": {"$ne": op}}
+        change = {"$inc": {"n": delta}, "$push": {"applied": op}, "$setOnInsert": key}
         try:
             self.counts.update_one(pending, change, upsert=True)
         except DuplicateKeyError:
@@ -172,10 +185,7 @@ class MinuteCounts:
         ):
             key = minute_key(doc)
             tally[(key["account_id"], key["application_id"], key["minute"])] += 1
-        rows = [
-            {"account_id": a, "application_id": p, "minute": m, "n": n, "applied": []}
-            for (a, p, m), n in tally.items()
-        ]
+        rows = [count_document(a, p, m, n) for (a, p, m), n in tally.items()]
         for start in range(0, len(rows), 1000):
             self.counts.insert_many(rows[start : start + 1000])
         self.meta.update_one({"_id": META_ID, "at": started}, {"$set": {"built": True}})
