@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -215,11 +216,7 @@ class MongoMediaRepository(records.StateTransitions):
                 )
             items.create_index([("state", ASCENDING), *_TIME_ORDER], name="state_time")
             items.create_index([("store_key", ASCENDING)], name="store_key", unique=True)
-            # Items stored before downloads_left existed: give each its value (idempotent, and
-            # safe beside live traffic: every document is compare-and-set on its own).
-            missing = {"max_downloads_allowed": {"$gt": 0}, DOWNLOADS_LEFT: {"$exists": False}}
-            for doc in list(items.find(missing, {"_id": True})):
-                self._backfill_downloads_left(doc["_id"])
+            self._backfill_all_downloads_left()
             self._counts.ensure_indexes()
             self._counts.build_if_missing()
             self._counts.heal()
@@ -228,6 +225,22 @@ class MongoMediaRepository(records.StateTransitions):
         """Settle the search-count changes of writers that died midway (for the sweeper)."""
         with _translated():
             return self._counts.heal(at=records.utc_ms(now, "now"))
+
+    def _backfill_all_downloads_left(self) -> None:
+        """Give every item stored before downloads_left existed its value, once per database.
+
+        Idempotent, and safe beside live traffic: each document is compare-and-set on its own.
+        The pass is recorded, so later starts skip the collection scan; an item an older
+        version writes after it is backfilled by its first refused count.
+        """
+        meta = self.db.collection("media_meta")
+        if meta.find_one({"_id": DOWNLOADS_LEFT}) is not None:
+            return
+        missing = {"max_downloads_allowed": {"$gt": 0}, DOWNLOADS_LEFT: {"$exists": False}}
+        for doc in list(self._items.find(missing, {"_id": True})):
+            self._backfill_downloads_left(doc["_id"])
+        with contextlib.suppress(DuplicateKeyError):  # another process finished it too
+            meta.insert_one({"_id": DOWNLOADS_LEFT, "backfilled": True})
 
     def _backfill_downloads_left(self, item_id: str) -> None:
         """Give one limited item its downloads_left, unless it has one by now."""

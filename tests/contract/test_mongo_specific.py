@@ -72,6 +72,7 @@ def store_as_before_downloads_left(repo: MongoMediaRepository, **fields: Any) ->
     repo.db.collection("media_items").update_one(
         {"_id": item.id}, {"$unset": {"downloads_left": ""}}
     )
+    repo.db.collection("media_meta").delete_one({"_id": "downloads_left"})  # nor its backfill
     return item.id
 
 
@@ -82,6 +83,7 @@ def test_ensure_schema_backfills_downloads_left_idempotently(repo: MongoMediaRep
     repo.ensure_schema()
     repo.ensure_schema()
     assert raw(repo, old)["downloads_left"] == 3
+    assert repo.db.collection("media_meta").find_one({"_id": "downloads_left"})
     assert raw(repo, hidden)["downloads_left"] == 2
     assert "downloads_left" not in raw(repo, unlimited)
     outcomes = [repo.count_download(old, enforce_limit=True).outcome for _ in range(4)]
