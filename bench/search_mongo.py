@@ -109,7 +109,8 @@ class MongoLoader:
         # Every item loaded so far, counted afresh: the counts of the stages before are replaced
         # rather than updated key by key.
         counts = self.repository.db.collection("media_counts")
-        counts.delete_many({})
+        counts.drop()  # not delete_many({}): see docs/ferretdb.md
+        self.repository._counts.ensure_indexes()
         rows = [mongo_counts.count_document(a, p, m, n) for (a, p, m), n in self.tally.items()]
         for start in range(0, len(rows), _BULK):
             counts.insert_many(rows[start : start + _BULK], ordered=False)

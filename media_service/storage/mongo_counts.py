@@ -178,7 +178,10 @@ class MinuteCounts:
         except DuplicateKeyError:
             if not self._wait_for_builder(started):
                 return
-        self.counts.delete_many({})
+        # A drop, not delete_many({}): FerretDB 1.x binds every matched _id as one SQL
+        # parameter and fails past SQLite's limit.
+        self.counts.drop()
+        self.ensure_indexes()
         tally: Counter[tuple[str, str, int]] = Counter()
         for doc in self.items.find(
             {"state": "ready"}, {"account_id": True, "application_id": True, "time_created": True}
