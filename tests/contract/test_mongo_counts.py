@@ -203,6 +203,15 @@ def test_ensure_schema_builds_counts_for_an_old_database(repo: MongoMediaReposit
     assert counts_collection(restarted) == expected
 
 
+def test_forgetting_the_build_rebuilds_drifted_counts(repo: MongoMediaRepository) -> None:
+    random_operations(repo, {}, random.Random(17), T0_MS, 30, 60)  # type: ignore[arg-type]
+    expected = counts_collection(repo)
+    repo.db.collection("media_counts").update_many({}, {"$inc": {"n": 3}})  # drifted
+    repo.db.collection("media_meta").delete_one({"_id": mongo_counts.META_ID})  # the procedure
+    fresh(repo).ensure_schema()
+    assert counts_collection(repo) == expected == recounted(repo)
+
+
 def test_searches_count_plainly_until_the_counts_are_built(repo: MongoMediaRepository) -> None:
     for _ in range(3):
         repo.insert(make_item(T0_MS + 5 * MINUTE_MS, ItemState.READY))
