@@ -11,11 +11,15 @@ the default query matches all of the account's items, its worst case. At each st
 gunicorn serves `GET /v3/media?page_size=20` (first page) and `...&page_index=500` (offset
 10 000) alternately over one keep-alive connection. The in-process timings of the repository's
 own search() and of its total alone say where the time goes.
+
+With MEDIA_BENCH_MONGO_URL set, the same stages run on that MongoDB-protocol server too
+(bench/search_mongo.py), and its figures name the server.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import sqlite3
@@ -342,6 +346,11 @@ def run(ctx: RunContext) -> list[Figure]:
                     lambda p=request_path, s=session: [s.request("GET", p) for _ in range(20)],
                 )
                 session.close()
+    mongo_url = os.environ.get("MEDIA_BENCH_MONGO_URL")
+    if mongo_url:
+        from bench import search_mongo
+
+        figures += search_mongo.run(ctx, mongo_url)
     return figures
 
 

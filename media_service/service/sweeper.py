@@ -13,6 +13,8 @@ Safe to run at any time, also beside live traffic, and idempotent:
 * a READY item (older than the grace period) whose blob is missing is reported, counted and
   logged as an error, never removed: its bytes were lost behind the service's back, and only
   an operator can tell whether to restore them or delete the item (downloads answer 503).
+* a repository that keeps search counts beside its items (MongoDB) settles the count changes of
+  writers that died midway (`heal_counts`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class SweepReport:
     deletes_finished: int = 0
     orphan_blobs_removed: int = 0
     ready_missing_blob: int = 0
+    counts_healed: int = 0
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -59,6 +62,13 @@ def sweep(
     cutoff = now - grace
     stale_cutoff = now - (grace if stale is None else stale)
     abort_uploads_of = getattr(backends.blobs, "abort_uploads_of", None)
+    heal_counts = getattr(backends.media, "heal_counts", None)
+    if heal_counts is not None:  # before removing items: their marks go with them
+        try:
+            report.counts_healed = heal_counts(now)
+        except StorageError as error:
+            report.errors += 1
+            log.warning("sweeper could not heal search counts: %s", error)
     for item in backends.media.iter_hidden(older_than=stale_cutoff):
         try:
             if item.state is ItemState.PENDING and abort_uploads_of is not None:

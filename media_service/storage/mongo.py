@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -24,7 +25,7 @@ from pymongo.errors import (
 )
 
 from media_service.settings import Settings
-from media_service.storage import records
+from media_service.storage import mongo_counts, records
 from media_service.storage.interfaces import (
     Account,
     AlreadyExists,
@@ -41,6 +42,7 @@ from media_service.storage.interfaces import (
 Document = dict[str, Any]
 
 _BATCH = 500  # documents per sweeper page, and values per $in list
+_CAS_TRIES = 50  # compare-and-set attempts on times_downloaded before giving up (503)
 _TIME_ORDER = [("time_created", ASCENDING), ("_id", ASCENDING)]
 
 # Server error codes that mean "not now" rather than "wrong request": network trouble, elections,
@@ -165,11 +167,27 @@ class MongoDatabase:
 def _document(record: Mapping[str, object]) -> Document:
     doc: Document = {"_id": record["id"]}
     doc.update((name, value) for name, value in record.items() if name != "id")
+    left = _downloads_left(doc["max_downloads_allowed"], doc["times_downloaded"])
+    if left is not None:
+        doc[DOWNLOADS_LEFT] = left
     return doc
 
 
 def _item(doc: Mapping[str, Any]) -> MediaItem:
+    # item_from_record reads only MediaItem's fields: adapter fields such as downloads_left
+    # never reach the item (nor its JSON).
     return records.item_from_record({**doc, "id": doc["_id"]})
+
+
+# `downloads_left` = max_downloads_allowed - times_downloaded, kept only on limited items, so that
+# an enforced count is a plain `{"downloads_left": {"$gt": 0}}` filter with `$inc` on both fields:
+# one atomic conditional update, without `$expr` (which FerretDB cannot evaluate). It is absent
+# when the item is unlimited (max 0), never null: `$inc` on null fails on MongoDB.
+DOWNLOADS_LEFT = "downloads_left"
+
+
+def _downloads_left(maximum: object, times: object) -> int | None:
+    return None if not maximum else int(maximum) - int(times)  # type: ignore[call-overload]
 
 
 class MongoMediaRepository(records.StateTransitions):
@@ -178,6 +196,7 @@ class MongoMediaRepository(records.StateTransitions):
     def __init__(self, db: MongoDatabase, collection: str = "media_items") -> None:
         self.db = db
         self.collection_name = collection
+        self._counts = mongo_counts.MinuteCounts(db.collection, collection)
 
     @classmethod
     def from_database(cls, db: MongoDatabase) -> MongoMediaRepository:
@@ -201,11 +220,45 @@ class MongoMediaRepository(records.StateTransitions):
                 )
             items.create_index([("state", ASCENDING), *_TIME_ORDER], name="state_time")
             items.create_index([("store_key", ASCENDING)], name="store_key", unique=True)
+            self._backfill_all_downloads_left()
+            self._counts.ensure_indexes()
+            self._counts.build_if_missing()
+            self._counts.heal()
+
+    def heal_counts(self, now: datetime) -> int:
+        """Settle the search-count changes of writers that died midway (for the sweeper)."""
+        with _translated():
+            return self._counts.heal(at=records.utc_ms(now, "now"))
+
+    def _backfill_all_downloads_left(self) -> None:
+        """Give every item stored before downloads_left existed its value, once per database.
+
+        Idempotent, and safe beside live traffic: each document is compare-and-set on its own.
+        The pass is recorded, so later starts skip the collection scan; an item an older
+        version writes after it is backfilled by its first refused count.
+        """
+        meta = self.db.collection("media_meta")
+        if meta.find_one({"_id": DOWNLOADS_LEFT}) is not None:
+            return
+        missing = {"max_downloads_allowed": {"$gt": 0}, DOWNLOADS_LEFT: {"$exists": False}}
+        for doc in list(self._items.find(missing, {"_id": True})):
+            self._backfill_downloads_left(doc["_id"])
+        with contextlib.suppress(DuplicateKeyError):  # another process finished it too
+            meta.insert_one({"_id": DOWNLOADS_LEFT, "backfilled": True})
+
+    def _backfill_downloads_left(self, item_id: str) -> None:
+        """Give one limited item its downloads_left, unless it has one by now."""
+        query = {"_id": item_id, DOWNLOADS_LEFT: {"$exists": False}}
+        self._set_with_downloads_left(query, {"$set": {}})
 
     def insert(self, item: MediaItem) -> None:
         doc = _document(records.item_record(item))
+        if doc["state"] == "ready":
+            doc[mongo_counts.PLUS] = mongo_counts.now()
         with _translated():
             self._items.insert_one(doc)
+            if doc["state"] == "ready":
+                self._counts.settle(doc, mongo_counts.PLUS)
 
     def get(self, item_id: str, *, include_hidden: bool = False) -> MediaItem | None:
         query: Document = {"_id": records.require_id(item_id)}
@@ -219,35 +272,93 @@ class MongoMediaRepository(records.StateTransitions):
         self, item_id: str, from_state: str, values: Mapping[str, object]
     ) -> MediaItem | None:
         """Set `values` on the item if it is in `from_state`; return it as updated."""
+        query: Document = {"_id": records.require_id(item_id), "state": from_state}
+        # Field names checked by records, values are values.
+        update: Document = {"$set": dict(values)}
+        # Entering or leaving READY marks the item in the same atomic update (mongo_counts).
+        mark = mongo_counts.MinuteCounts.mark(
+            from_state == "ready", values.get("state", from_state) == "ready"
+        )
+        if mark is not None:
+            update["$set"][mark] = mongo_counts.now()
         with _translated():
-            doc = self._items.find_one_and_update(
-                {"_id": records.require_id(item_id), "state": from_state},
-                {"$set": dict(values)},  # field names checked by records, values are values
-                return_document=ReturnDocument.AFTER,
-            )
+            if "max_downloads_allowed" in values or "times_downloaded" in values:
+                doc = self._set_with_downloads_left(query, update)
+            else:
+                doc = self._items.find_one_and_update(
+                    query, update, return_document=ReturnDocument.AFTER
+                )
+            if doc is not None and mark is not None:
+                self._counts.settle(doc, mark)
         return None if doc is None else _item(doc)
 
-    def count_download(self, item_id: str, *, enforce_limit: bool) -> CountResult:
-        query: Document = {"_id": records.require_id(item_id), "state": "ready"}
-        if enforce_limit:
-            # The limit is part of the filter, so the check and the $inc are one atomic
-            # document update on the server: exact under any number of workers and hosts.
-            query["$or"] = [
-                {"max_downloads_allowed": 0},
-                {"$expr": {"$lt": ["$times_downloaded", "$max_downloads_allowed"]}},
-            ]
-        with _translated():
+    def _set_with_downloads_left(self, query: Document, update: Document) -> Document | None:
+        """Apply `update` and recompute downloads_left, compare-and-set on times_downloaded.
+
+        Downloads keep counting meanwhile: the new downloads_left is only right for the
+        times_downloaded it was computed from, so the update is retried until none came between.
+        """
+        values: Document = update["$set"]
+        for _ in range(_CAS_TRIES):
+            current = self._items.find_one(
+                query, {"max_downloads_allowed": True, "times_downloaded": True}
+            )
+            if current is None:
+                return None
+            times = values.get("times_downloaded", current["times_downloaded"])
+            maximum = values.get("max_downloads_allowed", current["max_downloads_allowed"])
+            left = _downloads_left(maximum, times)
+            assignments = dict(values)
+            change: Document = {}
+            if left is None:
+                change["$unset"] = {DOWNLOADS_LEFT: ""}
+            else:
+                assignments[DOWNLOADS_LEFT] = left
+            if assignments:  # MongoDB refuses an empty $set
+                change["$set"] = assignments
             doc = self._items.find_one_and_update(
-                query,
-                {"$inc": {"times_downloaded": 1}},
-                projection={"times_downloaded": True},
+                {**query, "times_downloaded": current["times_downloaded"]},
+                change,
                 return_document=ReturnDocument.AFTER,
             )
             if doc is not None:
-                return CountResult(CountOutcome.COUNTED, int(doc["times_downloaded"]))
-            # Nothing was counted; this read only picks which refusal to report.
-            ready = self._items.find_one({"_id": item_id, "state": "ready"}, {"_id": True})
-        return CountResult(CountOutcome.NOT_FOUND if ready is None else CountOutcome.LIMIT_REACHED)
+                return doc
+        raise BackendUnavailable("database", "downloads kept racing an update of the limit")
+
+    def count_download(self, item_id: str, *, enforce_limit: bool) -> CountResult:
+        ready: Document = {"_id": records.require_id(item_id), "state": "ready"}
+        # Each attempt is one atomic conditional update on the server (the limit is part of the
+        # filter): exact under any number of workers and hosts. Unlimited items (the common
+        # case) are tried first; limited ones also move downloads_left, in the same update.
+        unlimited = {**ready, "max_downloads_allowed": 0}
+        limited: Document = {**ready, "max_downloads_allowed": {"$gt": 0}}
+        if enforce_limit:
+            limited[DOWNLOADS_LEFT] = {"$gt": 0}
+        with _translated():
+            for _ in range(3):  # a limit changed between the two attempts: try again
+                doc = self._items.find_one_and_update(
+                    unlimited,
+                    {"$inc": {"times_downloaded": 1}},
+                    return_document=ReturnDocument.AFTER,
+                ) or self._items.find_one_and_update(
+                    limited,
+                    {"$inc": {"times_downloaded": 1, DOWNLOADS_LEFT: -1}},
+                    return_document=ReturnDocument.AFTER,
+                )
+                if doc is not None:
+                    return CountResult(CountOutcome.COUNTED, int(doc["times_downloaded"]))
+                # Nothing was counted; this read only picks which refusal to report.
+                current = self._items.find_one(
+                    ready, {"max_downloads_allowed": True, DOWNLOADS_LEFT: True}
+                )
+                if current is None:
+                    return CountResult(CountOutcome.NOT_FOUND)
+                if current["max_downloads_allowed"] and DOWNLOADS_LEFT in current:
+                    return CountResult(CountOutcome.LIMIT_REACHED)
+                if current["max_downloads_allowed"]:
+                    # Written before downloads_left existed and not yet backfilled.
+                    self._backfill_downloads_left(current["_id"])
+        return CountResult(CountOutcome.LIMIT_REACHED)
 
     def heartbeat(self, item_id: str, now: datetime) -> bool:
         with _translated():
@@ -258,9 +369,21 @@ class MongoMediaRepository(records.StateTransitions):
         return result.matched_count > 0
 
     def remove(self, item_id: str) -> bool:
+        query: Document = {"_id": records.require_id(item_id)}
         with _translated():
-            result = self._items.delete_one({"_id": records.require_id(item_id)})
-        return result.deleted_count > 0
+            for _ in range(_CAS_TRIES):
+                doc = self._items.find_one(query, {"state": True})
+                if doc is None:
+                    return False
+                if doc["state"] == "ready":
+                    # Leave the search counts first, as a delete does (a crash now leaves a
+                    # DELETING tombstone, which the sweeper finishes).
+                    self.mark_deleting(item_id)
+                    continue
+                self._counts.heal(item_id)  # a dead writer's marks would go with the document
+                if self._items.delete_one({**query, "state": {"$ne": "ready"}}).deleted_count:
+                    return True
+        raise BackendUnavailable("database", "the item kept changing while being removed")
 
     def search(self, query: SearchQuery) -> SearchPage:
         start, end = records.check_query(query)
@@ -274,9 +397,12 @@ class MongoMediaRepository(records.StateTransitions):
         }
         if query.scope.application_id is not None:
             match["application_id"] = query.scope.application_id
+        scope = {key: value for key, value in match.items() if key != "time_created"}
         direction = ASCENDING if query.ascending else DESCENDING
         with _translated():
-            total = self._items.count_documents(match)
+            total = self._counts.total(scope, start, end)
+            if total is None:
+                total = self._items.count_documents(match)
             docs: list[Document] = []
             if query.limit > 0:  # limit(0) would mean "no limit" to MongoDB
                 cursor = self._items.find(match).sort(

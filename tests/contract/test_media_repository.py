@@ -352,6 +352,35 @@ def test_unenforced_counts_go_past_the_limit(repo: MediaRepository) -> None:
     assert got is not None and got.times_downloaded == 3
 
 
+def test_changing_the_limit_moves_what_is_left_to_count(repo: MediaRepository) -> None:
+    def outcomes(n: int) -> list[CountOutcome]:
+        return [repo.count_download(item.id, enforce_limit=True).outcome for _ in range(n)]
+
+    counted, refused = CountOutcome.COUNTED, CountOutcome.LIMIT_REACHED
+    item = add(repo, max_downloads_allowed=3)
+    assert outcomes(2) == [counted] * 2
+    assert repo.update(item.id, {"max_downloads_allowed": 5}, T0) is not None
+    assert outcomes(4) == [counted] * 3 + [refused]
+    assert repo.update(item.id, {"max_downloads_allowed": 1}, T0) is not None  # below the count
+    assert outcomes(1) == [refused]
+    assert repo.update(item.id, {"max_downloads_allowed": 0}, T0) is not None
+    assert outcomes(2) == [counted] * 2
+    assert repo.count_download(item.id, enforce_limit=False).outcome is counted
+    assert repo.update(item.id, {"max_downloads_allowed": 10}, T0) is not None  # 8 so far
+    assert outcomes(3) == [counted] * 2 + [refused]
+    got = repo.get(item.id)
+    assert got is not None and (got.times_downloaded, got.max_downloads_allowed) == (10, 10)
+
+
+def test_completing_an_upload_may_set_the_limit_and_the_count(repo: MediaRepository) -> None:
+    item = add(repo, state=ItemState.PENDING)
+    ready = repo.mark_ready(item.id, {"max_downloads_allowed": 2, "times_downloaded": 1})
+    assert ready is not None and ready.times_downloaded == 1
+    first = repo.count_download(item.id, enforce_limit=True)
+    second = repo.count_download(item.id, enforce_limit=True)
+    assert (first.outcome, second.outcome) == (CountOutcome.COUNTED, CountOutcome.LIMIT_REACHED)
+
+
 @pytest.mark.parametrize("enforce", [True, False])
 def test_count_is_not_found_for_missing_and_hidden_items(
     repo: MediaRepository, enforce: bool

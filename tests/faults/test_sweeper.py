@@ -367,6 +367,7 @@ def test_cli_sweep_prints_a_json_report(
             "deletes_finished": 1,
             "orphan_blobs_removed": 1,
             "ready_missing_blob": 0,
+            "counts_healed": 0,
             "errors": 0,
         }
         assert not exists(backends, pending)
