@@ -60,12 +60,13 @@ def _running(server: Any) -> Iterator[Any]:
 def _create_bucket(server: Any, bucket: str) -> None:
     import boto3
 
+    s3 = server.s3
     client = boto3.client(
         "s3",
-        endpoint_url=server.endpoint,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        region_name=server.region,
+        endpoint_url=s3.endpoint,
+        aws_access_key_id=s3.access_key,
+        aws_secret_access_key=s3.secret_key,
+        region_name=s3.region,
     )
     try:
         existing = {entry["Name"] for entry in client.list_buckets().get("Buckets", [])}
@@ -77,10 +78,10 @@ def _create_bucket(server: Any, bucket: str) -> None:
 
 def _s3_env(server: Any) -> dict[str, str]:
     return {
-        "MEDIA_TEST_S3_ENDPOINT": server.endpoint,
+        "MEDIA_TEST_S3_ENDPOINT": server.s3.endpoint,
         "MEDIA_TEST_S3_BUCKET": CONTRACT_BUCKET,
         "MEDIA_TEST_S3_SERVER": server.name,
-        **server.credentials_env(),
+        **server.s3.credentials_env(),
     }
 
 
@@ -163,13 +164,13 @@ def command_stack(args: argparse.Namespace) -> int:
         env = {
             "MEDIA_DATABASE_URL": ferret.url("media"),
             "MEDIA_STORAGE_URL": "s3://media",
-            "AWS_ENDPOINT_URL_S3": minio.endpoint,
+            "AWS_ENDPOINT_URL_S3": minio.s3.endpoint,
             "MEDIA_DATA_DIR": str(root / "service"),
-            **minio.credentials_env(),
+            **minio.s3.credentials_env(),
         }
         env_file = root / "env"
         env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
-        _say(f"FerretDB at {ferret.url()}, MinIO at {minio.endpoint} (bucket 'media')")
+        _say(f"FerretDB at {ferret.url()}, MinIO at {minio.s3.endpoint} (bucket 'media')")
         _say(f"for the CLI in another shell: . {env_file} && .venv/bin/media-service ...")
         gunicorn = Path(sys.executable).with_name("gunicorn")
         argv = [str(gunicorn), "--config", "config/gunicorn.conf.py", "app:app"]

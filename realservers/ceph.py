@@ -9,12 +9,11 @@ takes a few seconds.
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from realservers.process import LOOPBACK, Daemon, free_port, run_checked
+from realservers.process import LOOPBACK, Daemon, S3Account, free_port, http_ok, run_checked
 
 ACCESS_KEY = "media-test-rgw"
 SECRET_KEY = "media-test-rgw-secret"  # loopback-only test cluster
@@ -64,34 +63,19 @@ rgw_dns_name = {host}
 
 @dataclass
 class CephRgw:
-    """The three daemons of the cluster and the S3 endpoint radosgw serves."""
+    """The three daemons of the cluster; `s3` is the endpoint radosgw serves and its user."""
 
     root: Path
     port: int
-    daemons: list[Daemon]
-    access_key: str = ACCESS_KEY
-    secret_key: str = SECRET_KEY
-    region: str = "us-east-1"
-    name: str = field(default="ceph-rgw")
+    daemons: list[Daemon] = field(default_factory=list)
+    name = "ceph-rgw"
 
     @property
-    def endpoint(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def credentials_env(self) -> dict[str, str]:
-        return {
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": self.region,
-        }
+    def s3(self) -> S3Account:
+        return S3Account(ACCESS_KEY, SECRET_KEY, self.port)
 
     def healthy(self) -> bool:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(self.endpoint, timeout=1.0) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return http_ok(self.s3.endpoint)
 
     def stop(self) -> None:
         for daemon in reversed(self.daemons):  # radosgw, then the OSD, then the monitor
@@ -116,7 +100,7 @@ def start_ceph_rgw(root: Path, memstore_bytes: int = 4 << 30) -> CephRgw:
     )
     env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(root), "CEPH_CONF": str(conf)}
     common = ["--conf", str(conf)]
-    cluster = CephRgw(root=root, port=rgw_port, daemons=[])
+    cluster = CephRgw(root=root, port=rgw_port)
     try:
         fsid = conf.read_text().split("fsid = ", 1)[1].split("\n", 1)[0]
         monmap = root / "monmap"

@@ -8,8 +8,11 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 LOOPBACK = "127.0.0.1"
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
@@ -135,3 +138,78 @@ def run_checked(argv: Sequence[str], *, timeout: float = 120.0, **kwargs: object
         output = done.stdout[-2000:] + done.stderr[-4000:]
         raise ServerFailed(f"{' '.join(argv)} exited {done.returncode}:\n{output}")
     return done.stdout
+
+
+@dataclass
+class LoopbackServer:
+    """One daemon serving on a loopback port with its data under `root`.
+
+    Subclasses say how to run it (`new_daemon`) and when it is up (`healthy`); `restart()` brings
+    it back on the same port with the same data, as the fault tests need.
+    """
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    daemon: Daemon | None = field(default=None, init=False)
+    start_timeout: ClassVar[float] = 30.0
+
+    def new_daemon(self) -> Daemon:
+        raise NotImplementedError
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> LoopbackServer:
+        """Start the daemon and wait (bounded) until it is healthy; stop it if it never is."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.daemon = self.new_daemon().start()
+        try:
+            self.daemon.wait_until(self.healthy, self.start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+
+    def kill(self) -> None:
+        if self.daemon is not None:
+            self.daemon.kill()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass
+class S3Account:
+    """The S3 endpoint a server offers on loopback and the credentials it accepts."""
+
+    access_key: str
+    secret_key: str
+    port: int
+    region: str = "us-east-1"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def credentials_env(self) -> dict[str, str]:
+        """boto3's variables for this server (what a deployment sets for the service)."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+
+def http_ok(url: str) -> bool:
+    """Whether `url` answers 200 (no proxy: loopback only)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=1.0) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import signal
 import socket
@@ -533,6 +534,21 @@ def server_env(data_dir: Path, **overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return env
+
+
+def run_sweep(env: dict[str, str], *flags: str) -> dict[str, int]:
+    """`media-service sweep FLAGS` with a server's configuration; its JSON report."""
+    done = subprocess.run(
+        [str(MEDIA_SERVICE_CLI), "sweep", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, int] = json.loads(done.stdout)
+    return report
 
 
 class ServerFailed(Exception):

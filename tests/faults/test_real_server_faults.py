@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +40,6 @@ from realservers import FerretDB, Minio, pins, start_ferretdb, start_minio
 from tests.faults.conftest import (
     FILE_PART_TAIL,
     LOOPBACK,
-    MEDIA_SERVICE_CLI,
     MULTIPART_TYPE,
     GunicornServer,
     all_items,
@@ -50,6 +48,7 @@ from tests.faults.conftest import (
     file_part_head,
     multipart_body,
     open_multipart_uploads,
+    run_sweep,
     server_env,
     visible_items,
 )
@@ -85,18 +84,8 @@ class World:
         return self.gunicorn(self.env)
 
     def sweep(self) -> dict[str, int]:
-        """`media-service sweep` with no grace and no stale bound, as an operator runs it."""
-        done = subprocess.run(
-            [str(MEDIA_SERVICE_CLI), "sweep", "--grace-seconds", "0", "--stale-seconds", "0"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        report: dict[str, int] = json.loads(done.stdout)
-        return report
+        """`media-service sweep` with no grace and no stale bound, as an operator may run it."""
+        return run_sweep(self.env, "--grace-seconds", "0", "--stale-seconds", "0")
 
 
 @pytest.fixture
@@ -111,7 +100,7 @@ def world(
         stack.callback(ferret.stop)
         minio = start_minio(tmp_path / "minio")
         stack.callback(minio.stop)
-        s3_env = {**minio.credentials_env(), "AWS_ENDPOINT_URL_S3": minio.endpoint}
+        s3_env = {**minio.s3.credentials_env(), "AWS_ENDPOINT_URL_S3": minio.s3.endpoint}
         env = server_env(
             tmp_path / "service",
             MEDIA_DATABASE_URL=ferret.url("media"),

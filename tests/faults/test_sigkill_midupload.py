@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,13 +25,13 @@ from media_service.storage.interfaces import Account, Backends, ItemState
 from tests.faults.conftest import (
     FILE_PART_TAIL,
     LOOPBACK,
-    MEDIA_SERVICE_CLI,
     MULTIPART_TYPE,
     GunicornServer,
     all_items,
     assert_consistent,
     blob_keys,
     file_part_head,
+    run_sweep,
     server_env,
     temp_files,
 )
@@ -51,22 +50,6 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def run_sweep(env: dict[str, str]) -> dict[str, int]:
-    """`media-service sweep --stale-seconds 0` with the server's configuration (and its default
-    grace of an hour): every heartbeat is stale by then, the killed upload's as well."""
-    done = subprocess.run(
-        [str(MEDIA_SERVICE_CLI), "sweep", "--stale-seconds", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    report: dict[str, int] = json.loads(done.stdout)
-    return report
 
 
 @pytest.fixture
@@ -143,7 +126,7 @@ def test_worker_killed_mid_upload_leaves_nothing_after_a_sweep(
 
     # The upload started seconds ago, far less than the grace: its stale heartbeat alone marks it
     # dead, and its PENDING document and temp file go in the same pass.
-    report = run_sweep(env)
+    report = run_sweep(env, "--stale-seconds", "0")
     assert report["pending_rolled_back"] == 1 and report["errors"] == 0
     assert all_items(backends) == []
     assert blob_keys(backends) == set()
