@@ -14,6 +14,7 @@ compose file's settings — on a database and a prefix of their own, removed aft
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -45,6 +46,24 @@ def real_pairs() -> list[Any]:
     if MONGO_URL and S3_ENDPOINT:
         return [pytest.param(REAL_PAIR, marks=REAL_MARKS)]
     return []
+
+
+@functools.cache
+def mongo_is_ferretdb() -> bool:
+    """Whether MEDIA_TEST_MONGO_URL is a FerretDB server (it names itself in buildInfo).
+
+    FerretDB 1.x runs an update as a read and a later write (docs/ferretdb.md §3): the few tests
+    whose point is atomicity under concurrency say what that server can and cannot promise.
+    """
+    if not MONGO_URL:
+        return False
+    from pymongo import MongoClient
+
+    client: Any = MongoClient(MONGO_URL, serverSelectionTimeoutMS=5000)
+    try:
+        return "ferretdbVersion" in client.admin.command("buildInfo")
+    finally:
+        client.close()
 
 
 def unique_name(prefix: str) -> str:

@@ -23,6 +23,7 @@ from media_service.factory import create_app
 from media_service.settings import Settings
 from media_service.storage.interfaces import Backends, BlobStore, BlobStream
 from tests.conftest import Credentials
+from tests.real_backends import REAL_PAIR, mongo_is_ferretdb
 
 CONTENT = b"RIFF\x24\x00\x00\x00WAVEfmt racing bytes" * 100
 
@@ -125,9 +126,16 @@ def test_head_racing_a_delete_is_404_too(
 
 
 def test_gets_racing_a_delete_are_200_or_404(
-    settings: Settings, backends: Backends, owner: Credentials
+    settings: Settings, backends: Backends, owner: Credentials, request: pytest.FixtureRequest
 ) -> None:
     """6 threads of 15 GETs each against one item while it is deleted; never a 5xx."""
+    allowed = {200, 404}
+    if request.node.callspec.params["backends"] == REAL_PAIR and mongo_is_ferretdb():
+        # FerretDB 1.x writes an update back whole after reading it (docs/ferretdb.md §3): a
+        # download's $inc can restore the READY state a concurrent delete had just replaced,
+        # and a GET then meets a READY item without bytes. 503 then, as for any lost blob; still
+        # never a 500. On MongoDB the $inc touches the counter alone.
+        allowed.add(503)
     client = make_app(settings, backends).test_client()
     statuses: list[int] = []
     lock = threading.Lock()
@@ -153,7 +161,7 @@ def test_gets_racing_a_delete_are_200_or_404(
             assert client.delete(path, headers=owner.basic).status_code == 204
             for future in futures:
                 future.result()
-    assert set(statuses) <= {200, 404}, sorted(set(statuses))
+    assert set(statuses) <= allowed, sorted(set(statuses))
     assert len(statuses) == 10 * 6 * 15
 
 

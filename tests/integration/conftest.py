@@ -492,17 +492,7 @@ def fresh_mongo_database() -> Iterator[str]:
         real_backends.drop_database(name)
 
 
-def real_mongo_is_ferretdb() -> bool:
-    """Whether MEDIA_TEST_MONGO_URL is a FerretDB server (it names itself in buildInfo)."""
-    if not real_backends.MONGO_URL:
-        return False
-    from pymongo import MongoClient
-
-    client: MongoClient[Any] = MongoClient(real_backends.MONGO_URL, serverSelectionTimeoutMS=5000)
-    try:
-        return "ferretdbVersion" in client.admin.command("buildInfo")
-    finally:
-        client.close()
+real_mongo_is_ferretdb = real_backends.mongo_is_ferretdb
 
 
 @pytest.fixture
