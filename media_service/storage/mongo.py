@@ -331,9 +331,9 @@ class MongoMediaRepository(records.StateTransitions):
         # filter): exact under any number of workers and hosts. Unlimited items (the common
         # case) are tried first; limited ones also move downloads_left, in the same update.
         unlimited = {**ready, "max_downloads_allowed": 0}
-        limited: Document = {**ready, "max_downloads_allowed": {"$gt": 0}}
-        if enforce_limit:
-            limited[DOWNLOADS_LEFT] = {"$gt": 0}
+        # Without the field (an item not yet backfilled) `$inc` would create it as -1.
+        left: Document = {"$gt": 0} if enforce_limit else {"$exists": True}
+        limited: Document = {**ready, "max_downloads_allowed": {"$gt": 0}, DOWNLOADS_LEFT: left}
         with _translated():
             for _ in range(3):  # a limit changed between the two attempts: try again
                 doc = self._items.find_one_and_update(

@@ -99,3 +99,13 @@ def test_an_item_not_yet_backfilled_still_counts_up_to_its_limit(
     assert (first.outcome, second.outcome) == (CountOutcome.COUNTED, CountOutcome.LIMIT_REACHED)
     assert first.times_downloaded == 2
     assert raw(repo, old)["downloads_left"] == 0
+
+
+def test_an_unenforced_count_of_an_item_not_yet_backfilled_keeps_what_is_left(
+    repo: MongoMediaRepository,
+) -> None:
+    old = store_as_before_downloads_left(repo, max_downloads_allowed=4, times_downloaded=1)
+    assert repo.count_download(old, enforce_limit=False).outcome is CountOutcome.COUNTED
+    assert raw(repo, old)["downloads_left"] == 2
+    outcomes = [repo.count_download(old, enforce_limit=True).outcome for _ in range(3)]
+    assert outcomes == [CountOutcome.COUNTED] * 2 + [CountOutcome.LIMIT_REACHED]
