@@ -99,14 +99,21 @@ def _pytest(marker: str, env: dict[str, str], junit: Path, extra: list[str]) -> 
 
 
 def _junit_counts(junit: Path) -> dict[str, int]:
+    """Tests, failures, errors, skips and expected failures (JUnit files count xfail as skipped)."""
     try:
-        suite = ET.parse(junit).getroot()
+        root = ET.parse(junit).getroot()
     except (OSError, ET.ParseError):
         return {}
-    if suite.tag == "testsuites":
-        suite = suite[0]
-    names = ("tests", "failures", "errors", "skipped")
-    return {name: int(suite.get(name, 0)) for name in names}
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0, "xfailed": 0}
+    for case in root.iter("testcase"):
+        counts["tests"] += 1
+        for outcome in case:
+            if outcome.tag in ("failure", "error"):
+                counts[f"{outcome.tag}s"] += 1
+            elif outcome.tag == "skipped":
+                xfail = outcome.get("type") == "pytest.xfail"
+                counts["xfailed" if xfail else "skipped"] += 1
+    return counts
 
 
 def command_test(args: argparse.Namespace) -> int:
