@@ -17,6 +17,7 @@ from media_service.api.common import (
     parse_item_id,
     required_principal,
 )
+from media_service.api.forms import given_more_than_once, multipart_fields, urlencoded_pairs
 from media_service.api.upload import receive_upload
 from media_service.context import media_service
 from media_service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
@@ -325,15 +326,18 @@ def _read_update_body() -> dict[str, Any]:
             raise BadRequest("The request body must be a JSON object.")
         return body
     if mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = request.form
-        if request.files:
-            raise ValidationFailed.from_messages(
-                {name: ["Files cannot be sent to an update."] for name in request.files}
-            )
-        repeated = {k: ["Given more than once."] for k in form if len(form.getlist(k)) > 1}
+        if mimetype == "multipart/form-data":
+            pairs, files = multipart_fields(raw)
+            if files:
+                raise ValidationFailed.from_messages(
+                    {name: ["Files cannot be sent to an update."] for name in files}
+                )
+        else:
+            pairs = urlencoded_pairs(raw)
+        repeated = given_more_than_once(pairs)
         if repeated:
             raise ValidationFailed.from_messages(repeated)
-        return form.to_dict()
+        return dict(pairs)
     if not mimetype and not raw:
         return {}
     raise UnsupportedMediaType(

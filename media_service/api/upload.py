@@ -13,6 +13,7 @@ from typing import Any
 from flask import request
 from marshmallow import ValidationError
 
+from media_service.api.forms import given_more_than_once, urlencoded_pairs
 from media_service.auth import Principal
 from media_service.context import app_state, media_service
 from media_service.errors import (
@@ -121,14 +122,14 @@ def _receive_url_form(principal: Principal) -> MediaItem:
     # Without Content-Length (chunked) Werkzeug stops quietly at the limit: read one byte more
     # than allowed so that an oversize body is refused rather than parsed cut short.
     request.max_content_length = MAX_URLENCODED_BODY + 1
-    request.max_form_memory_size = MAX_URLENCODED_BODY
-    if len(request.get_data(cache=True)) > MAX_URLENCODED_BODY:
+    body = request.get_data(cache=True)
+    if len(body) > MAX_URLENCODED_BODY:
         raise PayloadTooLarge(f"A urlencoded upload is limited to {MAX_URLENCODED_BODY} bytes.")
-    form = request.form  # parsed from the cached copy
-    if "url" not in form:
+    pairs = urlencoded_pairs(body)
+    fields = dict(pairs)
+    if "url" not in fields:
         raise UnsupportedMediaType(NOT_AN_UPLOAD)
-    problems = {name: ["Given more than once."] for name in form if len(form.getlist(name)) > 1}
-    fields = form.to_dict()
+    problems = given_more_than_once(pairs)
     for name in FILE_FIELDS & fields.keys():
         problems[name] = ["A file cannot be sent urlencoded; use multipart/form-data."]
         del fields[name]  # reported once, not again as an unknown field

@@ -459,3 +459,96 @@ def test_update_of_bad_or_unknown_id(client: FlaskClient, owner: Credentials) ->
         assert_problem(bad, 400, names=["id"])
         unknown = client.put(path.format(id=MISSING_ID), json={"title": "x"}, headers=owner.basic)
         assert_problem(unknown, 404)
+
+
+# --------------------------------------------------------------------------- form bodies, strictly
+
+BOUNDARY = "strict-form-boundary"
+
+
+def multipart_body(fields: dict[str, bytes]) -> bytes:
+    parts = b"".join(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        + value
+        + b"\r\n"
+        for name, value in fields.items()
+    )
+    return parts + f"--{BOUNDARY}--\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "names"),
+    [
+        ("application/x-www-form-urlencoded", b"title=%ed%a0%80", ["title"]),
+        ("application/x-www-form-urlencoded", b"description=%ff", ["description"]),
+        (
+            "application/x-www-form-urlencoded",
+            b"title=ok&metadata_primary=%C3",
+            ["metadata_primary"],
+        ),
+        ("application/x-www-form-urlencoded", b"title=\xff", None),  # not even ASCII
+        ("application/x-www-form-urlencoded", b"%ff=x", None),  # a field name
+        (
+            f"multipart/form-data; boundary={BOUNDARY}",
+            multipart_body({"title": b"\xed\xa0\x80"}),
+            None,
+        ),
+        (f"multipart/form-data; boundary={BOUNDARY}", multipart_body({"title": b"\xff"}), None),
+    ],
+    ids=[
+        "urlenc-surrogate",
+        "urlenc-ff",
+        "urlenc-truncated",
+        "urlenc-raw",
+        "urlenc-name",
+        "mp-surrogate",
+        "mp-ff",
+    ],
+)
+def test_form_updates_refuse_text_that_is_not_utf8(
+    client: FlaskClient,
+    owner: Credentials,
+    item: dict[str, Any],
+    content_type: str,
+    body: bytes,
+    names: list[str] | None,
+) -> None:
+    """400, never a stored U+FFFD or a silently dropped field; the item is unchanged."""
+    response = client.put(
+        f"/v3/media/{item['id']}/info",
+        data=body,
+        headers={**owner.basic, "Content-Type": content_type},
+    )
+    assert_problem(response, 400, names=names)
+    assert info(client, item["id"], owner.basic)["title"] == item["title"]
+
+
+def test_form_updates_still_take_utf8_text(
+    client: FlaskClient, owner: Credentials, item: dict[str, Any]
+) -> None:
+    for content_type, body in (
+        ("application/x-www-form-urlencoded", b"title=Gr%C3%BC%C3%9Fe+an+alle&public=true"),
+        (
+            f"multipart/form-data; boundary={BOUNDARY}",
+            multipart_body({"title": "Grüße an alle".encode(), "public": b"true"}),
+        ),
+    ):
+        response = client.put(
+            f"/v3/media/{item['id']}/info",
+            data=body,
+            headers={**owner.basic, "Content-Type": content_type},
+        )
+        assert response.status_code == 204, response.get_data(as_text=True)
+        updated = info(client, item["id"], owner.basic)
+        assert updated["title"] == "Grüße an alle" and updated["public"] is True
+
+
+def test_urlencoded_upload_refuses_a_url_that_is_not_utf8(
+    client: FlaskClient, owner: Credentials
+) -> None:
+    response = client.post(
+        "/v3/media",
+        data=b"url=http%3A%2F%2Fexample.invalid%2F%ff",
+        headers={**owner.basic, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_problem(response, 400, names=["url"])

@@ -208,7 +208,7 @@ def test_config_limits_match_the_service() -> None:
     assert int(directive(text, "keepalive_timeout").rstrip("s")) < 5  # gunicorn keeps 5 s
     assert directive(text, "proxy_request_buffering") == "on"
     assert directive(text, "proxy_set_header X-Request-Id") == "$media_request_id"
-    for status in (400, 408, 413, 414, 494, 502, 503, 504):
+    for status in (400, 408, 413, 414, 494, 501, 502, 503, 504):
         assert re.search(rf"^\s*error_page {status} ", text, re.M), status
 
 
@@ -337,6 +337,15 @@ def test_the_longest_token_reaches_the_service(door: FrontDoor) -> None:
         b"Authorization: Bearer " + b"e" * MAX_TOKEN_LENGTH + b"\r\n\r\n",
     )
     assert_problem(answer, 401, request_id="tok-1")  # the service's answer, not nginx's
+
+
+def test_unsupported_transfer_encoding_is_501_problem(door: FrontDoor) -> None:
+    answer = raw_exchange(
+        door.port,
+        b"POST /v3/media HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n"
+        b"Connection: close\r\n\r\n0\r\n\r\n",
+    )
+    assert_problem(answer, 501)
 
 
 def test_malformed_request_is_400_problem(door: FrontDoor) -> None:
