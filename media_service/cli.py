@@ -6,6 +6,7 @@ Uses the same configuration (MEDIA_* environment variables) as the server.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +26,8 @@ from media_service.auth import (
     validate_public_key_pem,
 )
 from media_service.backends import open_backends
-from media_service.service.media import utc_now
+from media_service.service import admin
+from media_service.service.media import MediaService, utc_now
 from media_service.service.sweeper import sweep
 from media_service.settings import ConfigError, Settings
 from media_service.storage.interfaces import (
@@ -33,6 +35,7 @@ from media_service.storage.interfaces import (
     AlreadyExists,
     Application,
     Backends,
+    KeyRemoval,
     StorageError,
 )
 
@@ -41,12 +44,26 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class Refused(CliError):
+    """Nothing to act on, or a refusal (unknown key, items left, last key): exit status 1."""
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    backends: Backends | None = None,
+    settings: Settings | None = None,
+) -> int:
+    """Run one command; `backends` and `settings` replace the environment's (for tests)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    args.given_backends, args.given_settings = backends, settings
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.handler(args))
+    except Refused as error:
+        print(f"media-service: {error}", file=sys.stderr)
+        return 1
     except (CliError, ConfigError, ValueError) as error:
         print(f"media-service: {error}", file=sys.stderr)
         return 2
@@ -62,17 +79,22 @@ def _parser() -> argparse.ArgumentParser:
     accounts = commands.add_parser("accounts", help="manage accounts").add_subparsers(
         dest="action", required=True
     )
-    create_account = accounts.add_parser("create", help="create an account; prints key and secret")
+    create_account = accounts.add_parser(
+        "create", parents=[_JSON], help="create an account; prints key and secret"
+    )
     create_account.add_argument("--api-key", help="the API key (generated when omitted)")
     create_account.add_argument(
         "--api-secret", help="the API secret, at least 16 characters (generated when omitted)"
     )
     create_account.set_defaults(handler=_accounts_create)
+    _add_account_admin(accounts)
 
     applications = commands.add_parser("applications", help="manage applications").add_subparsers(
         dest="action", required=True
     )
-    create_app = applications.add_parser("create", help="create an application; prints its id")
+    create_app = applications.add_parser(
+        "create", parents=[_JSON], help="create an application; prints its id"
+    )
     create_app.add_argument("--api-key", required=True, help="the owning account")
     create_app.add_argument("--application-id", help="the id (a UUID is generated when omitted)")
     keys = create_app.add_mutually_exclusive_group(required=True)
@@ -85,10 +107,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     create_app.set_defaults(handler=_applications_create)
 
-    add_key = applications.add_parser("add-key", help="add a public key (key rotation)")
+    add_key = applications.add_parser(
+        "add-key", parents=[_JSON], help="add a public key (key rotation)"
+    )
     add_key.add_argument("--application-id", required=True)
     add_key.add_argument("--public-key-file", type=Path, required=True)
     add_key.set_defaults(handler=_applications_add_key)
+    _add_application_admin(applications)
+
+    stats = commands.add_parser(
+        "stats", parents=[_JSON], help="READY items and bytes per account and application"
+    )
+    stats.add_argument("--api-key", help="only this account")
+    stats.set_defaults(handler=_stats)
 
     token = commands.add_parser("token", help="print a JWT for an application")
     token.add_argument("--application-id", required=True)
@@ -117,10 +148,20 @@ def _backends() -> Backends:
     return open_backends(Settings.from_env())
 
 
+def _open(args: argparse.Namespace) -> Backends:
+    given: Backends | None = getattr(args, "given_backends", None)
+    return given if given is not None else open_backends(_settings(args))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    given: Settings | None = getattr(args, "given_settings", None)
+    return given if given is not None else Settings.from_env()
+
+
 def _accounts_create(args: argparse.Namespace) -> int:
     api_secret = args.api_secret or generate_secret()
     salt, digest = hash_secret(api_secret)  # raises ValueError for a weak secret
-    backends = _backends()
+    backends = _open(args)
     for _attempt in range(5):
         api_key = args.api_key or secrets.token_hex(4)
         try:
@@ -144,9 +185,9 @@ def _applications_create(args: argparse.Namespace) -> int:
         private_pem = None
     else:
         private_pem, public_pem = generate_rsa_keypair()
-    backends = _backends()
+    backends = _open(args)
     if backends.credentials.get_account(args.api_key) is None:
-        raise CliError(f"no account {args.api_key!r}; create it first")
+        raise Refused(f"no account with api key {args.api_key}; create it first")
     if private_pem is not None:
         _write_private(args.generate_key, private_pem)
     try:
@@ -155,15 +196,15 @@ def _applications_create(args: argparse.Namespace) -> int:
         )
     except AlreadyExists:
         raise CliError(f"application {application_id!r} already exists") from None
-    print(application_id)
+    print(json.dumps({"application_id": application_id}) if args.json else application_id)
     return 0
 
 
 def _applications_add_key(args: argparse.Namespace) -> int:
     public_pem = validate_public_key_pem(_read(args.public_key_file))
-    if not _backends().credentials.add_public_key(args.application_id, public_pem):
-        raise CliError(f"no application {args.application_id!r}")
-    print(args.application_id)
+    if not _open(args).credentials.add_public_key(args.application_id, public_pem):
+        raise Refused(f"no application with id {args.application_id}")
+    print(json.dumps({"application_id": args.application_id}) if args.json else args.application_id)
     return 0
 
 
@@ -197,6 +238,372 @@ def _sweep(args: argparse.Namespace) -> int:
     print(json.dumps(report.as_dict()))
     # Lost blobs are not the sweeper's to fix, but a cron job's exit status should say so.
     return 0 if report.errors == 0 and report.ready_missing_blob == 0 else 1
+
+
+# --------------------------------------------------------------------------- administration
+
+_JSON = argparse.ArgumentParser(add_help=False)
+_JSON.add_argument("--json", action="store_true", help="print JSON (for scripts), not a table")
+
+
+def _add_account_admin(accounts: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    listing = accounts.add_parser("list", parents=[_JSON], help="list accounts")
+    listing.set_defaults(handler=_accounts_list)
+    for name, handler, text in (
+        ("show", _accounts_show, "show an account, its applications and usage"),
+        ("disable", _accounts_disable, "refuse the account's requests (and its applications')"),
+        ("enable", _accounts_enable, "accept the account's requests again"),
+        ("rotate-secret", _accounts_rotate_secret, "replace the secret; prints the new one"),
+        ("delete", _accounts_delete, "delete the account and its applications"),
+    ):
+        command = accounts.add_parser(name, parents=[_JSON], help=text)
+        command.add_argument("--api-key", required=True)
+        command.set_defaults(handler=handler)
+        if name == "rotate-secret":
+            command.add_argument(
+                "--api-secret", help="the new secret, at least 16 characters (generated if omitted)"
+            )
+        if name == "delete":
+            command.add_argument(
+                "--with-items", action="store_true", help="delete its media items first"
+            )
+
+
+def _add_application_admin(
+    applications: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    listing = applications.add_parser("list", parents=[_JSON], help="list applications")
+    listing.add_argument("--api-key", help="only this account's")
+    listing.set_defaults(handler=_applications_list)
+    for name, handler, text in (
+        ("show", _applications_show, "show an application, its keys and usage"),
+        ("disable", _applications_disable, "refuse the application's tokens"),
+        ("enable", _applications_enable, "accept the application's tokens again"),
+        ("remove-key", _applications_remove_key, "remove a public key (never the last one)"),
+        ("delete", _applications_delete, "delete the application"),
+    ):
+        command = applications.add_parser(name, parents=[_JSON], help=text)
+        command.add_argument("--application-id", required=True)
+        command.set_defaults(handler=handler)
+        if name == "remove-key":
+            command.add_argument("--public-key-file", type=Path, required=True)
+        if name == "delete":
+            command.add_argument(
+                "--with-items", action="store_true", help="delete its media items first"
+            )
+
+
+def _account(backends: Backends, api_key: str) -> Account:
+    account = backends.credentials.get_account(api_key)
+    if account is None:
+        raise Refused(f"no account with api key {api_key}")
+    return account
+
+
+def _application(backends: Backends, application_id: str) -> Application:
+    application = backends.credentials.get_application(application_id)
+    if application is None:
+        raise Refused(f"no application with id {application_id}")
+    return application
+
+
+def _key_fingerprint(pem: str) -> str:
+    """SHA-256 of the PEM text, shortened: tells keys apart without printing them."""
+    return "sha256:" + hashlib.sha256(pem.encode("utf-8")).hexdigest()[:16]
+
+
+def _accounts_list(args: argparse.Namespace) -> int:
+    backends = _open(args)
+    totals = admin.account_totals(backends.media)
+    counts: dict[str, int] = {}
+    for application in backends.credentials.list_applications():
+        counts[application.api_key] = counts.get(application.api_key, 0) + 1
+    rows = [
+        {
+            "api_key": account.api_key,
+            "enabled": account.enabled,
+            "applications": counts.get(account.api_key, 0),
+            "items": totals.get(account.api_key, admin.Totals()).items,
+            "bytes": totals.get(account.api_key, admin.Totals()).bytes,
+        }
+        for account in backends.credentials.list_accounts()
+    ]
+    _print_rows(args, rows)
+    return 0
+
+
+def _application_row(
+    application: Application, totals: dict[str, admin.Totals]
+) -> dict[str, object]:
+    usage = totals.get(application.application_id, admin.Totals())
+    return {
+        "application_id": application.application_id,
+        "api_key": application.api_key,
+        "enabled": application.enabled,
+        "public_keys": len(application.public_keys),
+        "items": usage.items,
+        "bytes": usage.bytes,
+    }
+
+
+def _accounts_show(args: argparse.Namespace) -> int:
+    backends = _open(args)
+    account = _account(backends, args.api_key)
+    usage = admin.account_totals(backends.media, account.api_key).get(account.api_key)
+    app_totals = admin.application_totals(backends.media, account.api_key)
+    applications = [
+        _application_row(application, app_totals)
+        for application in backends.credentials.list_applications(account.api_key)
+    ]
+    record: dict[str, object] = {
+        "api_key": account.api_key,
+        "enabled": account.enabled,
+        "items": usage.items if usage else 0,
+        "bytes": usage.bytes if usage else 0,
+        "applications": applications,
+    }
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    _print_record({name: value for name, value in record.items() if name != "applications"})
+    if applications:
+        print()
+        _print_table([{k: v for k, v in row.items() if k != "api_key"} for row in applications])
+    return 0
+
+
+def _accounts_set_enabled(args: argparse.Namespace, enabled: bool) -> int:
+    if not _open(args).credentials.set_account_enabled(args.api_key, enabled):
+        raise Refused(f"no account with api key {args.api_key}")
+    _print_change(args, {"api_key": args.api_key, "enabled": enabled})
+    return 0
+
+
+def _accounts_disable(args: argparse.Namespace) -> int:
+    return _accounts_set_enabled(args, False)
+
+
+def _accounts_enable(args: argparse.Namespace) -> int:
+    return _accounts_set_enabled(args, True)
+
+
+def _accounts_rotate_secret(args: argparse.Namespace) -> int:
+    api_secret = args.api_secret or generate_secret()
+    salt, digest = hash_secret(api_secret)  # raises ValueError for a weak secret
+    if not _open(args).credentials.replace_secret(args.api_key, salt, digest):
+        raise Refused(f"no account with api key {args.api_key}")
+    # The one time this secret is shown: JSON either way, like `accounts create`.
+    print(json.dumps({"api_key": args.api_key, "api_secret": api_secret}))
+    return 0
+
+
+def _accounts_delete(args: argparse.Namespace) -> int:
+    backends = _open(args)
+    account = _account(backends, args.api_key)
+    applications = backends.credentials.list_applications(account.api_key)
+    deleted = _delete_items(args, backends, account.api_key, None, f"account {account.api_key}")
+    if not backends.credentials.delete_account(account.api_key):
+        raise Refused(f"no account with api key {account.api_key}")
+    _print_change(
+        args,
+        {
+            "api_key": account.api_key,
+            "deleted": True,
+            "applications_deleted": len(applications),
+            "items_deleted": deleted,
+        },
+    )
+    return 0
+
+
+def _applications_list(args: argparse.Namespace) -> int:
+    backends = _open(args)
+    if args.api_key is not None:
+        _account(backends, args.api_key)
+    totals = admin.application_totals(backends.media, args.api_key)
+    rows = [
+        _application_row(application, totals)
+        for application in backends.credentials.list_applications(args.api_key)
+    ]
+    _print_rows(args, rows)
+    return 0
+
+
+def _applications_show(args: argparse.Namespace) -> int:
+    backends = _open(args)
+    application = _application(backends, args.application_id)
+    totals = admin.application_totals(backends.media, application.api_key)
+    record = _application_row(application, totals)
+    record["public_keys"] = [_key_fingerprint(pem) for pem in application.public_keys]
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    record["public_keys"] = ", ".join(_key_fingerprint(pem) for pem in application.public_keys)
+    _print_record(record)
+    return 0
+
+
+def _applications_set_enabled(args: argparse.Namespace, enabled: bool) -> int:
+    if not _open(args).credentials.set_application_enabled(args.application_id, enabled):
+        raise Refused(f"no application with id {args.application_id}")
+    _print_change(args, {"application_id": args.application_id, "enabled": enabled})
+    return 0
+
+
+def _applications_disable(args: argparse.Namespace) -> int:
+    return _applications_set_enabled(args, False)
+
+
+def _applications_enable(args: argparse.Namespace) -> int:
+    return _applications_set_enabled(args, True)
+
+
+def _applications_remove_key(args: argparse.Namespace) -> int:
+    public_pem = validate_public_key_pem(_read(args.public_key_file))  # normalised as stored
+    outcome = _open(args).credentials.remove_public_key(args.application_id, public_pem)
+    if outcome is KeyRemoval.NO_APPLICATION:
+        raise Refused(f"no application with id {args.application_id}")
+    if outcome is KeyRemoval.NO_SUCH_KEY:
+        raise Refused(f"application {args.application_id} has no such key")
+    if outcome is KeyRemoval.LAST_KEY:
+        raise Refused(
+            f"refusing to remove the last key of application {args.application_id};"
+            " add another first"
+        )
+    _print_change(
+        args,
+        {"application_id": args.application_id, "removed_key": _key_fingerprint(public_pem)},
+    )
+    return 0
+
+
+def _applications_delete(args: argparse.Namespace) -> int:
+    backends = _open(args)
+    application = _application(backends, args.application_id)
+    deleted = _delete_items(
+        args,
+        backends,
+        application.api_key,
+        application.application_id,
+        f"application {application.application_id}",
+    )
+    if not backends.credentials.delete_application(application.application_id):
+        raise Refused(f"no application with id {application.application_id}")
+    _print_change(
+        args,
+        {"application_id": application.application_id, "deleted": True, "items_deleted": deleted},
+    )
+    return 0
+
+
+def _delete_items(
+    args: argparse.Namespace,
+    backends: Backends,
+    api_key: str,
+    application_id: str | None,
+    what: str,
+) -> int:
+    """Refuse while `what` has items, unless --with-items: then delete them; return how many."""
+    rows = [
+        row
+        for row in backends.media.usage(api_key)
+        if application_id is None or row.application_id == application_id
+    ]
+    count = sum(row.items for row in rows)
+    if count == 0:
+        return 0
+    if not args.with_items:
+        raise Refused(f"{what} has {count} media items; use --with-items to delete them too")
+    # Stop new uploads first, so the items deleted are all there will be.
+    if application_id is None:
+        backends.credentials.set_account_enabled(api_key, False)
+    else:
+        backends.credentials.set_application_enabled(application_id, False)
+    service = MediaService(backends, _settings(args))
+    return admin.delete_items(service, api_key, application_id)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    backends = _open(args)
+    if args.api_key is not None:
+        _account(backends, args.api_key)
+    rows = [
+        {
+            "api_key": row.account_id,
+            "application_id": row.application_id,
+            "items": row.items,
+            "bytes": row.bytes,
+        }
+        for row in backends.media.usage(args.api_key)
+    ]
+    accounts = [
+        {"api_key": api_key, "items": totals.items, "bytes": totals.bytes}
+        for api_key, totals in admin.account_totals(backends.media, args.api_key).items()
+    ]
+    if args.json:
+        print(json.dumps({"accounts": accounts, "applications": rows}))
+        return 0
+    _print_table(accounts, empty="no items")
+    if rows:
+        print()
+        _print_table([{**row, "application_id": row["application_id"] or "(none)"} for row in rows])
+    return 0
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _print_rows(args: argparse.Namespace, rows: list[dict[str, object]]) -> None:
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        _print_table(rows)
+
+
+def _print_change(args: argparse.Namespace, record: dict[str, object]) -> None:
+    if args.json:
+        print(json.dumps(record))
+    else:
+        _print_record(record)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "" if value is None else str(value)
+
+
+def _print_table(rows: list[dict[str, object]], empty: str = "none") -> None:
+    """Plain aligned columns: a header line, then one line a row; numbers right-aligned."""
+    if not rows:
+        print(f"({empty})")
+        return
+    columns = list(rows[0])
+    cells = [[_cell(row[column]) for column in columns] for row in rows]
+    widths = [
+        max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)
+    ]
+    numeric = [
+        all(isinstance(row[column], int) and not isinstance(row[column], bool) for row in rows)
+        for column in columns
+    ]
+
+    def line(values: list[str]) -> str:
+        parts = [
+            value.rjust(width) if right else value.ljust(width)
+            for value, width, right in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    print(line(columns))
+    for values in cells:
+        print(line(values))
+
+
+def _print_record(record: dict[str, object]) -> None:
+    width = max(len(name) for name in record)
+    for name, value in record.items():
+        print(f"{name.ljust(width)}  {_cell(value)}".rstrip())
 
 
 def _read(path: Path) -> str:

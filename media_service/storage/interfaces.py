@@ -153,6 +153,25 @@ class Application:
     enabled: bool = True
 
 
+class KeyRemoval(enum.Enum):
+    """What `CredentialStore.remove_public_key` did."""
+
+    REMOVED = "removed"
+    NO_APPLICATION = "no_application"
+    NO_SUCH_KEY = "no_such_key"
+    LAST_KEY = "last_key"  # refused: an application always keeps at least one key
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """READY items and their total bytes for one (account, application) pair."""
+
+    account_id: str
+    application_id: str | None  # None: items uploaded with Basic auth (no application)
+    items: int
+    bytes: int
+
+
 @dataclass(frozen=True, slots=True)
 class StoredBlob:
     """What a blob store reports after a durable write."""
@@ -288,6 +307,11 @@ class MediaRepository(Protocol):
         """Which of these store keys belong to any document, whatever its state."""
         ...
 
+    def usage(self, account_id: str | None = None) -> list[Usage]:
+        """COUNT and SUM(media_size) of READY items per (account_id, application_id), ordered
+        by account then application (None first); only `account_id`'s rows when given."""
+        ...
+
     def ping(self) -> None:
         """Raise BackendUnavailable unless the database answers (for /readyz)."""
         ...
@@ -313,6 +337,38 @@ class CredentialStore(Protocol):
 
     def add_public_key(self, application_id: str, public_key_pem: str) -> bool:
         """Append a key (rotation); False if the application does not exist."""
+        ...
+
+    def list_accounts(self) -> list[Account]:
+        """Every account, ordered by api_key."""
+        ...
+
+    def list_applications(self, api_key: str | None = None) -> list[Application]:
+        """Every application (only `api_key`'s when given), ordered by application_id."""
+        ...
+
+    def set_account_enabled(self, api_key: str, enabled: bool) -> bool:
+        """Enable or disable an account; False if it does not exist."""
+        ...
+
+    def set_application_enabled(self, application_id: str, enabled: bool) -> bool:
+        """Enable or disable an application; False if it does not exist."""
+        ...
+
+    def replace_secret(self, api_key: str, secret_salt: bytes, secret_digest: bytes) -> bool:
+        """Store a new salted secret digest in place of the old; False if no such account."""
+        ...
+
+    def remove_public_key(self, application_id: str, public_key_pem: str) -> KeyRemoval:
+        """Remove one key atomically, refusing (LAST_KEY) to remove an application's last."""
+        ...
+
+    def delete_application(self, application_id: str) -> bool:
+        """Delete an application and its keys; False if it did not exist."""
+        ...
+
+    def delete_account(self, api_key: str) -> bool:
+        """Delete an account and every application it owns; False if it did not exist."""
         ...
 
 

@@ -34,9 +34,11 @@ from media_service.storage.interfaces import (
     CountOutcome,
     CountResult,
     InvalidValue,
+    KeyRemoval,
     MediaItem,
     SearchPage,
     SearchQuery,
+    Usage,
 )
 
 Document = dict[str, Any]
@@ -451,6 +453,41 @@ class MongoMediaRepository(records.StateTransitions):
                 found.update(doc["store_key"] for doc in docs)
         return found
 
+    def usage(self, account_id: str | None = None) -> list[Usage]:
+        match: Document = {"state": "ready"}
+        if account_id is not None:
+            match["account_id"] = records.require_id(account_id, "api_key")
+        pipeline: list[Document] = [
+            {"$match": match},
+            {
+                "$group": {
+                    "_id": {"account": "$account_id", "application": "$application_id"},
+                    "items": {"$sum": 1},
+                    "bytes": {"$sum": "$media_size"},
+                }
+            },
+        ]
+        with _translated():
+            groups = list(self._items.aggregate(pipeline))
+        rows = [
+            Usage(
+                account_id=group["_id"]["account"],
+                application_id=group["_id"].get("application"),
+                items=int(group["items"]),
+                bytes=int(group["bytes"]),
+            )
+            for group in groups
+        ]
+        # Sorted here: $sort on a compound _id with nulls is ordered differently by servers.
+        return sorted(
+            rows,
+            key=lambda row: (
+                row.account_id,
+                row.application_id is not None,
+                row.application_id or "",
+            ),
+        )
+
     def ping(self) -> None:
         self.db.ping()
 
@@ -498,14 +535,7 @@ class MongoCredentialStore:
     def get_account(self, api_key: str) -> Account | None:
         with _translated():
             doc = self._accounts.find_one({"_id": records.require_id(api_key, "api_key")})
-        if doc is None:
-            return None
-        return Account(
-            api_key=doc["_id"],
-            secret_salt=bytes(doc["secret_salt"]),
-            secret_digest=bytes(doc["secret_digest"]),
-            enabled=bool(doc["enabled"]),
-        )
+        return None if doc is None else _account(doc)
 
     def add_application(self, application: Application) -> None:
         doc = {
@@ -521,14 +551,7 @@ class MongoCredentialStore:
         query = {"_id": records.require_id(application_id, "application_id")}
         with _translated():
             doc = self._applications.find_one(query)
-        if doc is None:
-            return None
-        return Application(
-            application_id=doc["_id"],
-            api_key=doc["api_key"],
-            public_keys=tuple(doc["public_keys"]),
-            enabled=bool(doc["enabled"]),
-        )
+        return None if doc is None else _application(doc)
 
     def add_public_key(self, application_id: str, public_key_pem: str) -> bool:
         query = {"_id": records.require_id(application_id, "application_id")}
@@ -537,6 +560,88 @@ class MongoCredentialStore:
             # $addToSet appends atomically, and a key already there stays where it is.
             result = self._applications.update_one(query, {"$addToSet": {"public_keys": key}})
         return result.matched_count > 0
+
+    def list_accounts(self) -> list[Account]:
+        with _translated():
+            docs = list(self._accounts.find().sort("_id", ASCENDING))
+        return [_account(doc) for doc in docs]
+
+    def list_applications(self, api_key: str | None = None) -> list[Application]:
+        query: Document = {}
+        if api_key is not None:
+            query["api_key"] = records.require_id(api_key, "api_key")
+        with _translated():
+            docs = list(self._applications.find(query).sort("_id", ASCENDING))
+        return [_application(doc) for doc in docs]
+
+    def set_account_enabled(self, api_key: str, enabled: bool) -> bool:
+        query = {"_id": records.require_id(api_key, "api_key")}
+        return self._matched(self._accounts, query, {"enabled": bool(enabled)})
+
+    def set_application_enabled(self, application_id: str, enabled: bool) -> bool:
+        query = {"_id": records.require_id(application_id, "application_id")}
+        return self._matched(self._applications, query, {"enabled": bool(enabled)})
+
+    def replace_secret(self, api_key: str, secret_salt: bytes, secret_digest: bytes) -> bool:
+        query = {"_id": records.require_id(api_key, "api_key")}
+        changes = {"secret_salt": bytes(secret_salt), "secret_digest": bytes(secret_digest)}
+        return self._matched(self._accounts, query, changes)
+
+    def remove_public_key(self, application_id: str, public_key_pem: str) -> KeyRemoval:
+        app_id = records.require_id(application_id, "application_id")
+        key = records.require_id(public_key_pem, "public_key_pem")
+        with _translated():
+            # One conditional update: the key is there and a second key exists, so two
+            # concurrent removals can never leave an application without keys.
+            result = self._applications.update_one(
+                {"_id": app_id, "public_keys": key, "public_keys.1": {"$exists": True}},
+                {"$pull": {"public_keys": key}},
+            )
+            if result.modified_count:
+                return KeyRemoval.REMOVED
+            doc = self._applications.find_one({"_id": app_id}, {"public_keys": True})
+        if doc is None:
+            return KeyRemoval.NO_APPLICATION
+        if key not in doc["public_keys"]:
+            return KeyRemoval.NO_SUCH_KEY
+        return KeyRemoval.LAST_KEY
+
+    def delete_application(self, application_id: str) -> bool:
+        query = {"_id": records.require_id(application_id, "application_id")}
+        with _translated():
+            return self._applications.delete_one(query).deleted_count > 0
+
+    def delete_account(self, api_key: str) -> bool:
+        key = records.require_id(api_key, "api_key")
+        with _translated():
+            # The account first: its applications' tokens stop working with it (tokens check
+            # the owning account), so a crash between the two leaves nothing usable.
+            deleted = self._accounts.delete_one({"_id": key}).deleted_count > 0
+            self._applications.delete_many({"api_key": key})
+        return deleted
+
+    @staticmethod
+    def _matched(collection: Collection[Document], query: Document, changes: Document) -> bool:
+        with _translated():
+            return collection.update_one(query, {"$set": changes}).matched_count > 0
+
+
+def _account(doc: Mapping[str, Any]) -> Account:
+    return Account(
+        api_key=doc["_id"],
+        secret_salt=bytes(doc["secret_salt"]),
+        secret_digest=bytes(doc["secret_digest"]),
+        enabled=bool(doc["enabled"]),
+    )
+
+
+def _application(doc: Mapping[str, Any]) -> Application:
+    return Application(
+        application_id=doc["_id"],
+        api_key=doc["api_key"],
+        public_keys=tuple(doc["public_keys"]),
+        enabled=bool(doc["enabled"]),
+    )
 
 
 def from_settings(

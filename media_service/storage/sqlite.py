@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from media_service.settings import Settings, sqlite_path
 from media_service.storage import records
@@ -25,10 +25,12 @@ from media_service.storage.interfaces import (
     CountOutcome,
     CountResult,
     InvalidValue,
+    KeyRemoval,
     MediaItem,
     SearchPage,
     SearchQuery,
     StorageFull,
+    Usage,
 )
 
 log = logging.getLogger(__name__)
@@ -567,6 +569,21 @@ class SqliteMediaRepository(records.StateTransitions):
             found.update(row[0] for row in rows)
         return found
 
+    def usage(self, account_id: str | None = None) -> list[Usage]:
+        where, params = "state = 'ready'", cast(tuple[str, ...], ())
+        if account_id is not None:
+            where, params = (
+                "account_id = ? AND state = 'ready'",
+                (records.require_id(account_id, "api_key"),),
+            )
+        rows = self.db.fetch(
+            "SELECT account_id, application_id, count(*), coalesce(sum(media_size), 0)"
+            f" FROM media_items WHERE {where} GROUP BY account_id, application_id"
+            " ORDER BY account_id, application_id IS NOT NULL, application_id",
+            params,
+        )
+        return [Usage(row[0], row[1], int(row[2]), int(row[3])) for row in rows]
+
     def ping(self) -> None:
         self.db.ping()
 
@@ -675,15 +692,7 @@ class SqliteCredentialStore:
         rows = self.db.fetch(
             "SELECT * FROM accounts WHERE api_key = ?", (records.require_id(api_key, "api_key"),)
         )
-        if not rows:
-            return None
-        row = rows[0]
-        return Account(
-            api_key=row["api_key"],
-            secret_salt=bytes(row["secret_salt"]),
-            secret_digest=bytes(row["secret_digest"]),
-            enabled=bool(row["enabled"]),
-        )
+        return _account(rows[0]) if rows else None
 
     def add_application(self, application: Application) -> None:
         app_id = records.require_id(application.application_id, "application_id")
@@ -737,6 +746,108 @@ class SqliteCredentialStore:
                 (app_id, public_key_pem),
             )
         return True
+
+    def list_accounts(self) -> list[Account]:
+        rows = self.db.fetch("SELECT * FROM accounts ORDER BY api_key")
+        return [_account(row) for row in rows]
+
+    def list_applications(self, api_key: str | None = None) -> list[Application]:
+        where, params = "", cast(tuple[str, ...], ())
+        if api_key is not None:
+            where, params = " WHERE a.api_key = ?", (records.require_id(api_key, "api_key"),)
+        with self.db.transaction(write=False) as conn:  # applications and keys from one snapshot
+            apps = conn.execute(f"SELECT * FROM applications a{where}", params).fetchall()
+            keys: dict[str, list[str]] = {}
+            for row in conn.execute(
+                "SELECT k.application_id, k.public_key_pem FROM application_public_keys k"
+                f" JOIN applications a USING (application_id){where} ORDER BY k.id",
+                params,
+            ):
+                keys.setdefault(row[0], []).append(row[1])
+        return sorted(
+            (
+                Application(
+                    application_id=row["application_id"],
+                    api_key=row["api_key"],
+                    public_keys=tuple(keys.get(row["application_id"], ())),
+                    enabled=bool(row["enabled"]),
+                )
+                for row in apps
+            ),
+            key=lambda app: app.application_id,
+        )
+
+    def set_account_enabled(self, api_key: str, enabled: bool) -> bool:
+        return self._changed(
+            "UPDATE accounts SET enabled = ? WHERE api_key = ?",
+            (bool(enabled), records.require_id(api_key, "api_key")),
+        )
+
+    def set_application_enabled(self, application_id: str, enabled: bool) -> bool:
+        return self._changed(
+            "UPDATE applications SET enabled = ? WHERE application_id = ?",
+            (bool(enabled), records.require_id(application_id, "application_id")),
+        )
+
+    def replace_secret(self, api_key: str, secret_salt: bytes, secret_digest: bytes) -> bool:
+        return self._changed(
+            "UPDATE accounts SET secret_salt = ?, secret_digest = ? WHERE api_key = ?",
+            (bytes(secret_salt), bytes(secret_digest), records.require_id(api_key, "api_key")),
+        )
+
+    def remove_public_key(self, application_id: str, public_key_pem: str) -> KeyRemoval:
+        app_id = records.require_id(application_id, "application_id")
+        records.require_id(public_key_pem, "public_key_pem")
+        with self.db.transaction(write=True, durable=True) as conn:  # count and delete as one
+            if (
+                conn.execute(
+                    "SELECT 1 FROM applications WHERE application_id = ?", (app_id,)
+                ).fetchone()
+                is None
+            ):
+                return KeyRemoval.NO_APPLICATION
+            keys = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT public_key_pem FROM application_public_keys WHERE application_id = ?",
+                    (app_id,),
+                )
+            ]
+            if public_key_pem not in keys:
+                return KeyRemoval.NO_SUCH_KEY
+            if len(keys) == 1:
+                return KeyRemoval.LAST_KEY
+            conn.execute(
+                "DELETE FROM application_public_keys"
+                " WHERE application_id = ? AND public_key_pem = ?",
+                (app_id, public_key_pem),
+            )
+        return KeyRemoval.REMOVED
+
+    def delete_application(self, application_id: str) -> bool:
+        # The keys go with it: ON DELETE CASCADE.
+        return self._changed(
+            "DELETE FROM applications WHERE application_id = ?",
+            (records.require_id(application_id, "application_id"),),
+        )
+
+    def delete_account(self, api_key: str) -> bool:
+        key = records.require_id(api_key, "api_key")
+        with self.db.transaction(write=True, durable=True) as conn:
+            conn.execute("DELETE FROM applications WHERE api_key = ?", (key,))
+            return conn.execute("DELETE FROM accounts WHERE api_key = ?", (key,)).rowcount > 0
+
+    def _changed(self, sql: str, params: Params) -> bool:
+        return self.db.run(sql, params, durable=True) > 0
+
+
+def _account(row: sqlite3.Row) -> Account:
+    return Account(
+        api_key=row["api_key"],
+        secret_salt=bytes(row["secret_salt"]),
+        secret_digest=bytes(row["secret_digest"]),
+        enabled=bool(row["enabled"]),
+    )
 
 
 def from_settings(

@@ -19,6 +19,7 @@ from media_service.storage.interfaces import (
     Application,
     BackendUnavailable,
     CredentialStore,
+    KeyRemoval,
 )
 from media_service.storage.mongo import MongoCredentialStore, MongoDatabase
 from media_service.storage.sqlite import SqliteCredentialStore, SqliteDatabase
@@ -170,3 +171,138 @@ def test_sqlite_unopenable_path_is_backend_unavailable(tmp_path: Path) -> None:
     store = SqliteCredentialStore(SqliteDatabase(tmp_path / "missing" / "media.db", timeout=1.0))
     with pytest.raises(BackendUnavailable):
         store.get_account("key-1")
+
+
+# --------------------------------------------------------------------------- administration
+
+
+def test_list_accounts_is_ordered_by_api_key(store: CredentialStore) -> None:
+    assert store.list_accounts() == []
+    accounts = [make_account("key-b"), make_account("key-a", enabled=False), make_account("key-c")]
+    for account in accounts:
+        store.add_account(account)
+    assert store.list_accounts() == sorted(accounts, key=lambda a: a.api_key)
+
+
+def test_list_applications_all_or_by_account(store: CredentialStore) -> None:
+    assert store.list_applications() == []
+    two = Application("app-2", "key-1", (KEY_2, KEY_1))
+    one = Application("app-1", "key-1", (KEY_1,), enabled=False)
+    other = Application("app-0", "key-2", (KEY_3,))
+    keyless = Application("app-3", "key-2", ())
+    for application in (two, one, other, keyless):
+        store.add_application(application)
+    assert store.list_applications() == [other, one, two, keyless]
+    assert store.list_applications("key-1") == [one, two]
+    assert store.list_applications("key-2") == [other, keyless]
+    assert store.list_applications("key-404") == []
+
+
+def test_set_account_enabled(store: CredentialStore) -> None:
+    store.add_account(make_account())
+    assert store.set_account_enabled("key-1", False) is True
+    got = store.get_account("key-1")
+    assert got is not None and got.enabled is False
+    assert store.set_account_enabled("key-1", False) is True  # already disabled: still found
+    assert store.set_account_enabled("key-1", True) is True
+    got = store.get_account("key-1")
+    assert got is not None and got.enabled is True
+    assert store.set_account_enabled("key-404", False) is False
+    assert store.get_account("key-404") is None
+
+
+def test_set_application_enabled(store: CredentialStore) -> None:
+    store.add_application(Application("app-1", "key-1", (KEY_1,)))
+    assert store.set_application_enabled("app-1", False) is True
+    assert store.get_application("app-1") == Application("app-1", "key-1", (KEY_1,), False)
+    assert store.set_application_enabled("app-1", True) is True
+    assert store.get_application("app-1") == Application("app-1", "key-1", (KEY_1,), True)
+    assert store.set_application_enabled("app-404", True) is False
+    assert store.get_application("app-404") is None
+
+
+def test_replace_secret_keeps_the_rest(store: CredentialStore) -> None:
+    store.add_account(make_account(enabled=False))
+    salt, digest = os.urandom(16), b"\x00" + os.urandom(31)
+    assert store.replace_secret("key-1", salt, digest) is True
+    assert store.get_account("key-1") == Account("key-1", salt, digest, enabled=False)
+    assert store.replace_secret("key-404", salt, digest) is False
+    assert store.get_account("key-404") is None
+
+
+def test_remove_public_key(store: CredentialStore) -> None:
+    store.add_application(Application("app-1", "key-1", (KEY_1, KEY_2, KEY_3)))
+    assert store.remove_public_key("app-1", KEY_2) is KeyRemoval.REMOVED
+    got = store.get_application("app-1")
+    assert got is not None and got.public_keys == (KEY_1, KEY_3)
+    assert store.remove_public_key("app-1", KEY_2) is KeyRemoval.NO_SUCH_KEY
+    assert store.remove_public_key("app-1", KEY_1) is KeyRemoval.REMOVED
+    assert store.remove_public_key("app-1", KEY_3) is KeyRemoval.LAST_KEY
+    got = store.get_application("app-1")
+    assert got is not None and got.public_keys == (KEY_3,)
+    assert store.remove_public_key("app-404", KEY_3) is KeyRemoval.NO_APPLICATION
+
+
+def test_remove_public_key_of_a_keyless_application(store: CredentialStore) -> None:
+    store.add_application(Application("app-1", "key-1", ()))
+    assert store.remove_public_key("app-1", KEY_1) is KeyRemoval.NO_SUCH_KEY
+
+
+def test_delete_application_takes_its_keys(store: CredentialStore) -> None:
+    store.add_application(Application("app-1", "key-1", (KEY_1, KEY_2)))
+    store.add_application(Application("app-2", "key-1", (KEY_1,)))
+    assert store.delete_application("app-1") is True
+    assert store.get_application("app-1") is None
+    assert store.delete_application("app-1") is False
+    assert store.get_application("app-2") == Application("app-2", "key-1", (KEY_1,))
+    # The id is free again, and the new application starts without the old keys.
+    store.add_application(Application("app-1", "key-2", (KEY_3,)))
+    assert store.get_application("app-1") == Application("app-1", "key-2", (KEY_3,))
+
+
+def test_delete_account_takes_its_applications(store: CredentialStore) -> None:
+    store.add_account(make_account("key-1"))
+    other = make_account("key-2")
+    store.add_account(other)
+    store.add_application(Application("app-1", "key-1", (KEY_1,)))
+    store.add_application(Application("app-2", "key-1", (KEY_2,)))
+    store.add_application(Application("app-3", "key-2", (KEY_3,)))
+    assert store.delete_account("key-1") is True
+    assert store.get_account("key-1") is None
+    assert store.get_application("app-1") is None and store.get_application("app-2") is None
+    assert store.list_applications() == [Application("app-3", "key-2", (KEY_3,))]
+    assert store.list_accounts() == [other]
+    assert store.delete_account("key-1") is False
+
+
+def test_admin_methods_refuse_non_string_keys(store: CredentialStore) -> None:
+    with pytest.raises(TypeError):
+        store.set_account_enabled({"$ne": None}, False)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        store.delete_account({"$ne": None})  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        store.delete_application({"$gt": ""})  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        store.list_applications({"$ne": None})  # type: ignore[arg-type]
+
+
+def test_sqlite_concurrent_key_removals_keep_one_key(tmp_path: Path) -> None:
+    # Atomicity is proven on SQLite: mongomock is not atomic across threads.
+    db = SqliteDatabase(tmp_path / "media.db", timeout=10.0)
+    store = SqliteCredentialStore(db)
+    store.ensure_schema()
+    keys = [f"-----BEGIN PUBLIC KEY-----\n{n}\n-----END PUBLIC KEY-----\n" for n in range(8)]
+    store.add_application(Application("app-1", "key-1", tuple(keys)))
+    outcomes: list[KeyRemoval] = []
+    threads = [
+        threading.Thread(target=lambda k=key: outcomes.append(store.remove_public_key("app-1", k)))
+        for key in keys
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    got = store.get_application("app-1")
+    assert got is not None and len(got.public_keys) == 1
+    assert sorted(o.value for o in outcomes) == sorted(["last_key"] + ["removed"] * 7)
+    db.close()

@@ -30,6 +30,7 @@ from media_service.storage.interfaces import (
     MediaRepository,
     SearchQuery,
     SearchScope,
+    Usage,
 )
 from media_service.storage.mongo import MongoDatabase, MongoMediaRepository
 from media_service.storage.sqlite import SqliteDatabase, SqliteMediaRepository
@@ -835,3 +836,48 @@ def test_mongo_database_name_comes_from_the_url() -> None:
     db = MongoDatabase.from_settings(settings)
     assert db.name == "media_x"
     db.close()
+
+
+# --------------------------------------------------------------------------- usage
+
+
+def test_usage_counts_ready_items_per_account_and_application(repo: MediaRepository) -> None:
+    assert repo.usage() == []
+    add(repo, media_size=10)
+    add(repo, media_size=5)
+    add(repo, application_id="app-2", media_size=7)
+    add(repo, application_id="app-1", media_size=0)
+    add(repo, account_id="acc-b", application_id="app-9", media_size=100)
+    # Hidden items are not usage: an upload in progress, a delete in progress.
+    add(repo, application_id="app-1", media_size=1000, state=ItemState.PENDING)
+    add(repo, account_id="acc-c", media_size=1000, state=ItemState.DELETING)
+    assert repo.usage() == [
+        Usage("acc-a", None, 2, 15),
+        Usage("acc-a", "app-1", 1, 0),
+        Usage("acc-a", "app-2", 1, 7),
+        Usage("acc-b", "app-9", 1, 100),
+    ]
+    assert repo.usage("acc-b") == [Usage("acc-b", "app-9", 1, 100)]
+    assert repo.usage("acc-c") == []
+    assert repo.usage("acc-404") == []
+
+
+def test_usage_follows_deletes(repo: MediaRepository) -> None:
+    item = add(repo, application_id="app-1", media_size=4)
+    add(repo, application_id="app-1", media_size=6)
+    assert repo.usage("acc-a") == [Usage("acc-a", "app-1", 2, 10)]
+    assert repo.mark_deleting(item.id) is not None
+    assert repo.usage("acc-a") == [Usage("acc-a", "app-1", 1, 6)]
+    assert repo.remove(item.id)
+    assert repo.usage("acc-a") == [Usage("acc-a", "app-1", 1, 6)]
+
+
+def test_usage_sums_beyond_32_bits(repo: MediaRepository) -> None:
+    add(repo, media_size=3 * 2**31)
+    add(repo, media_size=2**31)
+    assert repo.usage() == [Usage("acc-a", None, 2, 2**33)]
+
+
+def test_usage_refuses_a_non_string_account(repo: MediaRepository) -> None:
+    with pytest.raises(TypeError):
+        repo.usage({"$ne": None})  # type: ignore[arg-type]
