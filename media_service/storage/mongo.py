@@ -457,26 +457,23 @@ class MongoMediaRepository(records.StateTransitions):
         match: Document = {"state": "ready"}
         if account_id is not None:
             match["account_id"] = records.require_id(account_id, "api_key")
-        pipeline: list[Document] = [
-            {"$match": match},
-            {
-                "$group": {
-                    "_id": {"account": "$account_id", "application": "$application_id"},
-                    "items": {"$sum": 1},
-                    "bytes": {"$sum": "$media_size"},
-                }
-            },
-        ]
-        with _translated():
-            groups = list(self._items.aggregate(pipeline))
+        scope = {"account": "$account_id", "application": "$application_id"}
+        totals: dict[tuple[str, str | None], dict[str, int]] = {}
+        # One accumulator per pipeline: FerretDB 1.x computes only the first of several in a
+        # $group (the others come back 0; docs/ferretdb.md). Two passes are right on both.
+        for name, value in (("items", 1), ("bytes", "$media_size")):
+            pipeline: list[Document] = [
+                {"$match": match},
+                {"$group": {"_id": scope, name: {"$sum": value}}},
+            ]
+            with _translated():
+                groups = list(self._items.aggregate(pipeline))
+            for group in groups:
+                key = (group["_id"]["account"], group["_id"].get("application"))
+                totals.setdefault(key, {"items": 0, "bytes": 0})[name] = int(group[name])
         rows = [
-            Usage(
-                account_id=group["_id"]["account"],
-                application_id=group["_id"].get("application"),
-                items=int(group["items"]),
-                bytes=int(group["bytes"]),
-            )
-            for group in groups
+            Usage(account_id=account, application_id=application, **counts)
+            for (account, application), counts in totals.items()
         ]
         # Sorted here: $sort on a compound _id with nulls is ordered differently by servers.
         return sorted(
