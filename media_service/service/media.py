@@ -35,10 +35,12 @@ from media_service.errors import (
     Unauthorized,
 )
 from media_service.schemas.fields import normalise_mime_type
+from media_service.service.audio import probe_blob
 from media_service.service.disk import DiskGuard
 from media_service.service.streams import HashingReader, Readable
 from media_service.settings import Settings
 from media_service.storage.interfaces import (
+    AudioFacts,
     Backends,
     BlobNotFound,
     BlobStream,
@@ -269,6 +271,9 @@ class MediaService:
             # While PENDING this was the heartbeat; a new item was last updated when created.
             "time_last_updated": staged.time_created,
         }
+        audio = self._examine_audio(staged)
+        if audio is not None:
+            changes["audio"], changes["audio_examined"] = audio
         for key in ("metadata_primary", "metadata_secondary", "title", "description"):
             if fields.get(key) is not None:
                 changes[key] = fields[key]
@@ -281,6 +286,41 @@ class MediaService:
             self.abandon_upload(staged)
             raise UploadAbandoned()
         return item
+
+    def _examine_audio(self, staged: StagedUpload) -> tuple[AudioFacts | None, bool] | None:
+        """(facts or None, examined) from bounded reads of the stored bytes; None when the
+        store could not be read, so the item is published unexamined for backfill-audio."""
+        try:
+            return probe_blob(self.blobs, staged.store_key, staged.size), True
+        except Exception as error:  # noqa: BLE001 - audio facts never fail an upload
+            log.warning("audio facts of %s left for backfill: %s", staged.item_id, error)
+            return None
+
+    def backfill_audio(self, batch: int = 100, limit: int | None = None) -> dict[str, int]:
+        """Examine READY items never examined for audio, `batch` at a time (at most `limit`).
+
+        Returns how many were filled (audio), not_audio (examined, no facts) and failed (their
+        bytes could not be read: left unexamined for the next run).
+        """
+        counts = {"examined": 0, "filled": 0, "not_audio": 0, "failed": 0}
+        after = ""
+        while limit is None or counts["examined"] < limit:
+            size = batch if limit is None else min(batch, limit - counts["examined"])
+            items = self.media.unexamined_audio(after, size)
+            if not items:
+                break
+            for item in items:
+                after = item.id
+                counts["examined"] += 1
+                try:
+                    facts = probe_blob(self.blobs, item.store_key, item.media_size)
+                except Exception as error:  # noqa: BLE001 - one bad item never stops the run
+                    log.warning("audio facts of %s not read: %s", item.id, error)
+                    counts["failed"] += 1
+                    continue
+                if self.media.set_audio(item.id, facts):
+                    counts["filled" if facts is not None else "not_audio"] += 1
+        return counts
 
     def abandon_upload(self, staged: StagedUpload) -> None:
         """Remove a staged upload (best effort: the sweeper removes whatever this misses)."""
