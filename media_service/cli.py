@@ -25,6 +25,7 @@ from media_service.auth import (
     validate_public_key_pem,
 )
 from media_service.backends import open_backends
+from media_service.service import audio
 from media_service.service.media import utc_now
 from media_service.service.sweeper import sweep
 from media_service.settings import ConfigError, Settings
@@ -110,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default MEDIA_UPLOAD_STALE_SECONDS)",
     )
     sweeper.set_defaults(handler=_sweep)
+
+    backfill = commands.add_parser(
+        "backfill-audio", help="read audio facts of items stored before them; prints counts"
+    )
+    backfill.add_argument("--batch", type=int, default=100, help="items per batch (default 100)")
+    backfill.add_argument("--limit", type=int, help="stop after this many items (default all)")
+    backfill.set_defaults(handler=_backfill_audio)
     return parser
 
 
@@ -197,6 +205,15 @@ def _sweep(args: argparse.Namespace) -> int:
     print(json.dumps(report.as_dict()))
     # Lost blobs are not the sweeper's to fix, but a cron job's exit status should say so.
     return 0 if report.errors == 0 and report.ready_missing_blob == 0 else 1
+
+
+def _backfill_audio(args: argparse.Namespace) -> int:
+    if args.batch < 1 or (args.limit is not None and args.limit < 0):
+        raise CliError("--batch must be >= 1 and --limit >= 0")
+    backends = _backends()
+    counts = audio.backfill(backends.blobs, backends.media, batch=args.batch, limit=args.limit)
+    print(json.dumps(counts))
+    return 0 if counts["failed"] == 0 else 1
 
 
 def _read(path: Path) -> str:

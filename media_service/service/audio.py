@@ -23,12 +23,14 @@ from mutagen.oggopus import OggOpus
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
-from media_service.storage.interfaces import AudioFacts, BlobStore
+from media_service.storage.interfaces import AudioFacts, BlobStore, MediaRepository
 
 log = logging.getLogger(__name__)
 
 HEAD_BYTES = 256 * 1024
-TAIL_BYTES = 64 * 1024
+# mutagen looks for an Ogg stream's last page in the file's last 64 KiB; MP4 files written
+# without "faststart" keep their moov atom (the durations) at the end.
+TAIL_BYTES = 64 * 1024 + 4096
 TIME_BUDGET_SECONDS = 2.0
 
 _FORMATS: tuple[tuple[type[mutagen.FileType], str], ...] = (
@@ -65,6 +67,9 @@ class RangeFile(io.RawIOBase):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
+        overlap = len(head) - (size - len(tail))
+        if overlap >= 0:  # the ranges meet: one range, so reads may span the seam
+            head, tail = head + tail[overlap:], b""
         self._size = size
         self._head = head
         self._tail = tail
@@ -137,6 +142,35 @@ def probe_blob(blobs: BlobStore, key: str, size: int) -> AudioFacts | None:
         tail_start = max(len(head), size - TAIL_BYTES)
         tail = read_range(blobs, key, tail_start, size - tail_start)
     return probe_bytes(size, head, tail)
+
+
+def backfill(
+    blobs: BlobStore, media: MediaRepository, batch: int = 100, limit: int | None = None
+) -> dict[str, int]:
+    """Examine READY items never examined for audio, `batch` at a time (at most `limit`).
+
+    Counts how many were filled (audio), not_audio (examined, no facts: never read again) and
+    failed (their bytes could not be read: left unexamined, so the next run retries them).
+    """
+    counts = {"examined": 0, "filled": 0, "not_audio": 0, "failed": 0}
+    after = ""
+    while limit is None or counts["examined"] < limit:
+        size = batch if limit is None else min(batch, limit - counts["examined"])
+        items = media.unexamined_audio(after, size)
+        if not items:
+            break
+        for item in items:
+            after = item.id  # failed items stay unexamined: move past them, not round again
+            counts["examined"] += 1
+            try:
+                facts = probe_blob(blobs, item.store_key, item.media_size)
+            except Exception as error:  # noqa: BLE001 - one unreadable item never stops the run
+                log.warning("audio facts of %s not read: %s", item.id, error)
+                counts["failed"] += 1
+                continue
+            if media.set_audio(item.id, facts):  # False: deleted meanwhile
+                counts["filled" if facts is not None else "not_audio"] += 1
+    return counts
 
 
 def probe_bytes(size: int, head: bytes, tail: bytes = b"") -> AudioFacts | None:

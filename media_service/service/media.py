@@ -296,32 +296,6 @@ class MediaService:
             log.warning("audio facts of %s left for backfill: %s", staged.item_id, error)
             return None
 
-    def backfill_audio(self, batch: int = 100, limit: int | None = None) -> dict[str, int]:
-        """Examine READY items never examined for audio, `batch` at a time (at most `limit`).
-
-        Returns how many were filled (audio), not_audio (examined, no facts) and failed (their
-        bytes could not be read: left unexamined for the next run).
-        """
-        counts = {"examined": 0, "filled": 0, "not_audio": 0, "failed": 0}
-        after = ""
-        while limit is None or counts["examined"] < limit:
-            size = batch if limit is None else min(batch, limit - counts["examined"])
-            items = self.media.unexamined_audio(after, size)
-            if not items:
-                break
-            for item in items:
-                after = item.id
-                counts["examined"] += 1
-                try:
-                    facts = probe_blob(self.blobs, item.store_key, item.media_size)
-                except Exception as error:  # noqa: BLE001 - one bad item never stops the run
-                    log.warning("audio facts of %s not read: %s", item.id, error)
-                    counts["failed"] += 1
-                    continue
-                if self.media.set_audio(item.id, facts):
-                    counts["filled" if facts is not None else "not_audio"] += 1
-        return counts
-
     def abandon_upload(self, staged: StagedUpload) -> None:
         """Remove a staged upload (best effort: the sweeper removes whatever this misses)."""
         self._forget(staged.item_id, staged.store_key)
