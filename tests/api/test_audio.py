@@ -274,3 +274,11 @@ def test_cli_backfill_audio_prints_counts(
         for closer in backends.closers:
             closer.close()  # type: ignore[attr-defined]
     assert main(["backfill-audio", "--batch", "0"]) == 2
+
+
+def test_openapi_describes_audio_as_a_nullable_nested_object(client: FlaskClient) -> None:
+    schemas = client.get("/v3/media/openapi.json").get_json()["components"]["schemas"]
+    field = json.dumps(schemas["MediaItem"]["properties"]["audio"])
+    assert "#/components/schemas/AudioFacts" in field and '"nullable": true' in field
+    assert set(schemas["AudioFacts"]["properties"]) == set(WAV_FACTS)
+    assert "audio" not in schemas.get("Update", {}).get("properties", {})
