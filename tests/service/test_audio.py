@@ -128,10 +128,11 @@ def test_truncated_files_are_not_audio_or_plausible(name: str, keep: int) -> Non
     ],
     ids=["wav", "id3", "mpeg", "ogg", "flac", "mp4", "opus"],
 )
-def test_random_bytes_behind_audio_magic_are_not_audio(magic: bytes) -> None:
+def test_random_bytes_behind_audio_magic_never_raise(magic: bytes) -> None:
     for seed in range(20):
-        body = magic + os.urandom(2000 + seed * 97)
-        assert probe_whole(body) is None or probe_whole(body).codec  # never raises
+        facts = probe_whole(magic + os.urandom(2000 + seed * 97))
+        # Almost always None; a random MPEG frame sync may pass for a plausible MP3.
+        assert facts is None or (facts.sample_rate > 0 and facts.channels > 0)
 
 
 def test_text_is_not_audio() -> None:
