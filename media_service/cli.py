@@ -26,7 +26,7 @@ from media_service.auth import (
     validate_public_key_pem,
 )
 from media_service.backends import open_backends
-from media_service.service import admin
+from media_service.service import admin, audio
 from media_service.service.media import MediaService, utc_now
 from media_service.service.sweeper import sweep
 from media_service.settings import ConfigError, Settings
@@ -141,11 +141,14 @@ def _parser() -> argparse.ArgumentParser:
         "(default MEDIA_UPLOAD_STALE_SECONDS)",
     )
     sweeper.set_defaults(handler=_sweep)
+
+    backfill = commands.add_parser(
+        "backfill-audio", help="read audio facts of items stored before them; prints counts"
+    )
+    backfill.add_argument("--batch", type=int, default=100, help="items per batch (default 100)")
+    backfill.add_argument("--limit", type=int, help="stop after this many items (default all)")
+    backfill.set_defaults(handler=_backfill_audio)
     return parser
-
-
-def _backends() -> Backends:
-    return open_backends(Settings.from_env())
 
 
 def _open(args: argparse.Namespace) -> Backends:
@@ -604,6 +607,18 @@ def _print_record(record: dict[str, object]) -> None:
     width = max(len(name) for name in record)
     for name, value in record.items():
         print(f"{name.ljust(width)}  {_cell(value)}".rstrip())
+
+
+# --------------------------------------------------------------------------- audio facts
+
+
+def _backfill_audio(args: argparse.Namespace) -> int:
+    if args.batch < 1 or (args.limit is not None and args.limit < 0):
+        raise CliError("--batch must be >= 1 and --limit >= 0")
+    backends = _open(args)
+    counts = audio.backfill(backends.blobs, backends.media, batch=args.batch, limit=args.limit)
+    print(json.dumps(counts))
+    return 0 if counts["failed"] == 0 else 1
 
 
 def _read(path: Path) -> str:

@@ -29,7 +29,7 @@ from media_service.schemas.media import (
     SearchResultSchema,
     UpdateSchema,
 )
-from media_service.storage.interfaces import MediaItem
+from media_service.storage.interfaces import AudioFacts, MediaItem
 
 blp = Blueprint(
     "media",
@@ -229,6 +229,19 @@ def item_json(item: MediaItem) -> dict[str, Any]:
         "title": _text(item.title),
         "description": _text(item.description),
         "source_url": _text(item.source_url),
+        "audio": _audio(item.audio),
+    }
+
+
+def _audio(audio: AudioFacts | None) -> dict[str, Any] | None:  # fields.Nested(AudioFactsSchema)
+    if audio is None:
+        return None
+    return {
+        "duration_ms": audio.duration_ms,
+        "sample_rate": audio.sample_rate,
+        "channels": audio.channels,
+        "codec": audio.codec,
+        "bit_rate": audio.bit_rate,
     }
 
 

@@ -35,6 +35,18 @@ FILENAME_MAX = 255
 URL_MAX = 2048
 
 
+class AudioFactsSchema(Schema):
+    """What the service read from an audio item's bytes (read-only)."""
+
+    duration_ms = fields.Integer(metadata={"example": 1500})
+    sample_rate = fields.Integer(metadata={"example": 8000})
+    channels = fields.Integer(metadata={"example": 1})
+    codec = fields.String(
+        metadata={"enum": ["pcm", "mp3", "vorbis", "opus", "flac", "aac"], "example": "pcm"}
+    )
+    bit_rate = fields.Integer(allow_none=True, metadata={"example": 128000})
+
+
 class MediaItemSchema(Schema):
     """The JSON representation of a media item (every field always present)."""
 
@@ -60,6 +72,8 @@ class MediaItemSchema(Schema):
     title = fields.String(allow_none=True)
     description = fields.String(allow_none=True)
     source_url = fields.String(allow_none=True)
+    # Read-only: null when the bytes are not audio the service reads (or not examined yet).
+    audio = fields.Nested(AudioFactsSchema, allow_none=True)
 
     def _store_meta_params(self, item: MediaItem) -> str:
         return json.dumps(item.store_meta_params, separators=(",", ":"), sort_keys=True)

@@ -35,10 +35,12 @@ from media_service.errors import (
     Unauthorized,
 )
 from media_service.schemas.fields import normalise_mime_type
+from media_service.service.audio import probe_blob
 from media_service.service.disk import DiskGuard
 from media_service.service.streams import HashingReader, Readable
 from media_service.settings import Settings
 from media_service.storage.interfaces import (
+    AudioFacts,
     Backends,
     BlobNotFound,
     BlobStream,
@@ -269,6 +271,9 @@ class MediaService:
             # While PENDING this was the heartbeat; a new item was last updated when created.
             "time_last_updated": staged.time_created,
         }
+        audio = self._examine_audio(staged)
+        if audio is not None:
+            changes["audio"], changes["audio_examined"] = audio
         for key in ("metadata_primary", "metadata_secondary", "title", "description"):
             if fields.get(key) is not None:
                 changes[key] = fields[key]
@@ -281,6 +286,15 @@ class MediaService:
             self.abandon_upload(staged)
             raise UploadAbandoned()
         return item
+
+    def _examine_audio(self, staged: StagedUpload) -> tuple[AudioFacts | None, bool] | None:
+        """(facts or None, examined) from bounded reads of the stored bytes; None when the
+        store could not be read, so the item is published unexamined for backfill-audio."""
+        try:
+            return probe_blob(self.blobs, staged.store_key, staged.size), True
+        except Exception as error:  # noqa: BLE001 - audio facts never fail an upload
+            log.warning("audio facts of %s left for backfill: %s", staged.item_id, error)
+            return None
 
     def abandon_upload(self, staged: StagedUpload) -> None:
         """Remove a staged upload (best effort: the sweeper removes whatever this misses)."""

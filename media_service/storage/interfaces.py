@@ -58,6 +58,17 @@ class ItemState(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class AudioFacts:
+    """What the service read from an item's bytes when they are audio (service/audio.py)."""
+
+    duration_ms: int
+    sample_rate: int
+    channels: int
+    codec: str  # pcm, mp3, vorbis, opus, flac, aac
+    bit_rate: int | None  # bits per second; PCM: sample_rate * channels * bits per sample
+
+
+@dataclass(frozen=True, slots=True)
 class MediaItem:
     """One media item's metadata document (the bytes live in a blob store under `store_key`)."""
 
@@ -83,6 +94,11 @@ class MediaItem:
     description: str | None = None
     source_url: str | None = None
     state: ItemState = ItemState.READY
+    # Read-only facts derived from the bytes. `audio_examined` tells "examined: not audio"
+    # (False/None -> True/None) from "never examined" (items stored before audio facts
+    # existed, until `media-service backfill-audio` reads them).
+    audio: AudioFacts | None = None
+    audio_examined: bool = False
 
 
 # Fields a client may change with PUT /info (and set at upload).
@@ -310,6 +326,15 @@ class MediaRepository(Protocol):
     def usage(self, account_id: str | None = None) -> list[Usage]:
         """COUNT and SUM(media_size) of READY items per (account_id, application_id), ordered
         by account then application (None first); only `account_id`'s rows when given."""
+        ...
+
+    def unexamined_audio(self, after_id: str, limit: int) -> list[MediaItem]:
+        """Up to `limit` READY items never examined for audio, with ids > after_id, by id."""
+        ...
+
+    def set_audio(self, item_id: str, audio: AudioFacts | None) -> bool:
+        """Record a READY item's audio facts (None: not audio) as examined; False if no such
+        READY item. Not a metadata change: time_last_updated stays."""
         ...
 
     def ping(self) -> None:

@@ -30,6 +30,7 @@ from media_service.storage.interfaces import (
     Account,
     AlreadyExists,
     Application,
+    AudioFacts,
     BackendUnavailable,
     CountOutcome,
     CountResult,
@@ -441,6 +442,25 @@ class MongoMediaRepository(records.StateTransitions):
                 ]
             }
             query = {"$and": [match, after]}
+
+    def unexamined_audio(self, after_id: str, limit: int) -> list[MediaItem]:
+        # `$ne: True` also matches documents written before the field existed.
+        query = {
+            "state": "ready",
+            "audio_examined": {"$ne": True},
+            "_id": {"$gt": records.require_id(after_id, "after_id")},
+        }
+        with _translated():
+            docs = list(self._items.find(query).sort("_id", ASCENDING).limit(min(limit, _BATCH)))
+        return [_item(doc) for doc in docs]
+
+    def set_audio(self, item_id: str, audio: AudioFacts | None) -> bool:
+        values = {"audio": records.audio_record(audio), "audio_examined": True}
+        with _translated():
+            result = self._items.update_one(
+                {"_id": records.require_id(item_id), "state": "ready"}, {"$set": values}
+            )
+        return result.matched_count > 0
 
     def ids_with_keys(self, store_keys: list[str]) -> set[str]:
         keys = [records.require_id(key, "store_key") for key in store_keys]

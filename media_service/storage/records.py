@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from media_service.storage.interfaces import (
     UPDATABLE_FIELDS,
+    AudioFacts,
     InvalidValue,
     ItemState,
     MediaItem,
@@ -93,7 +94,9 @@ def encode_field(name: str, value: object) -> object:
         return json.dumps(dict(value), sort_keys=True, separators=(",", ":"))
     if name == "state":
         return ItemState(str(value)).value
-    if name == "public":
+    if name == "audio":
+        return audio_record(value)
+    if name in ("public", "audio_examined"):
         if not isinstance(value, bool):
             raise TypeError("public must be a bool")
         return value
@@ -110,6 +113,31 @@ def encode_field(name: str, value: object) -> object:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str or None")
     return require_text(value, name)
+
+
+def audio_record(value: object) -> dict[str, object] | None:
+    """An AudioFacts as a plain mapping (a sub-document in MongoDB, JSON text in SQLite)."""
+    if value is None:
+        return None
+    if not isinstance(value, AudioFacts):
+        raise TypeError("audio must be AudioFacts or None")
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(AudioFacts)}
+
+
+def audio_from_record(value: object) -> AudioFacts | None:
+    """Decode a stored audio mapping; anything malformed reads as no facts."""
+    if not isinstance(value, Mapping):
+        return None
+    try:
+        return AudioFacts(
+            duration_ms=int(value["duration_ms"]),
+            sample_rate=int(value["sample_rate"]),
+            channels=int(value["channels"]),
+            codec=str(value["codec"]),
+            bit_rate=None if value.get("bit_rate") is None else int(value["bit_rate"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def item_record(item: MediaItem) -> dict[str, object]:
@@ -134,6 +162,9 @@ def item_from_record(record: Mapping[str, object]) -> MediaItem:
     values["store_meta_params"] = json.loads(str(values["store_meta_params"]))
     values["state"] = ItemState(str(values["state"]))
     values["public"] = bool(values["public"])
+    # Documents from before audio facts have neither field: never examined, no facts.
+    values["audio"] = audio_from_record(values["audio"])
+    values["audio_examined"] = bool(values["audio_examined"])
     return MediaItem(**values)  # type: ignore[arg-type]
 
 

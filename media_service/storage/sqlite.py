@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -21,6 +22,7 @@ from media_service.storage.interfaces import (
     Account,
     AlreadyExists,
     Application,
+    AudioFacts,
     BackendUnavailable,
     CountOutcome,
     CountResult,
@@ -68,7 +70,9 @@ CREATE TABLE IF NOT EXISTS media_items (
     title                 TEXT,
     description           TEXT,
     source_url            TEXT,
-    state                 TEXT NOT NULL CHECK (state IN ('pending', 'ready', 'deleting'))
+    state                 TEXT NOT NULL CHECK (state IN ('pending', 'ready', 'deleting')),
+    audio                 TEXT,
+    audio_examined        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS media_items_account
     ON media_items (account_id, state, time_created, id);
@@ -165,6 +169,21 @@ INSERT INTO media_counts (account_id, application_id, minute, n)
 SELECT account_id, coalesce(application_id, ''), {_minute_of("time_created")}, count(*)
 FROM media_items WHERE state = 'ready' GROUP BY 1, 2, 3
 """
+
+
+# Columns added after the first release: a database created before them gains them at start-up.
+# Existing rows read as "never examined" (audio_examined 0), which backfill-audio fills in.
+_ADDED_COLUMNS = {
+    "audio": "audio TEXT",
+    "audio_examined": "audio_examined INTEGER NOT NULL DEFAULT 0",
+}
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    present = {row[1] for row in conn.execute("PRAGMA table_info(media_items)")}
+    for name, definition in _ADDED_COLUMNS.items():
+        if name not in present:
+            conn.execute(f"ALTER TABLE media_items ADD COLUMN {definition}")
 
 
 def to_ms(value: datetime) -> int:
@@ -392,6 +411,7 @@ class SqliteDatabase:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            _add_missing_columns(conn)
             for trigger in COUNT_TRIGGERS.values():
                 conn.execute(trigger)
             if present < len(_COUNT_OBJECTS):
@@ -426,17 +446,24 @@ WHERE id = :id AND state = 'ready'
 """
 
 
+def _sql_value(value: object) -> object:
+    if isinstance(value, datetime):
+        return to_ms(value)
+    if isinstance(value, dict):  # the audio facts: JSON text
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return value
+
+
 def _sql_values(record: Mapping[str, object]) -> dict[str, object]:
-    return {
-        name: to_ms(value) if isinstance(value, datetime) else value
-        for name, value in record.items()
-    }
+    return {name: _sql_value(value) for name, value in record.items()}
 
 
 def _item(row: sqlite3.Row) -> MediaItem:
     record: dict[str, object] = dict(zip(row.keys(), row, strict=True))
     for name in records.TIME_FIELDS:
         record[name] = from_ms(row[name])
+    if record.get("audio") is not None:
+        record["audio"] = json.loads(str(record["audio"]))
     return records.item_from_record(record)
 
 
@@ -556,6 +583,24 @@ class SqliteMediaRepository(records.StateTransitions):
             if len(rows) < _BATCH:
                 return
             after = (rows[-1]["time_created"], rows[-1]["id"])
+
+    def unexamined_audio(self, after_id: str, limit: int) -> list[MediaItem]:
+        rows = self.db.fetch(
+            "SELECT * FROM media_items WHERE state = 'ready' AND audio_examined = 0"
+            " AND id > :after ORDER BY id LIMIT :limit",
+            {"after": records.require_id(after_id, "after_id"), "limit": min(limit, _BATCH)},
+        )
+        return [_item(row) for row in rows]
+
+    def set_audio(self, item_id: str, audio: AudioFacts | None) -> bool:
+        value = records.audio_record(audio)
+        count = self.db.run(
+            "UPDATE media_items SET audio = :audio, audio_examined = 1"
+            " WHERE id = :id AND state = 'ready'",
+            {"audio": _sql_value(value), "id": records.require_id(item_id)},
+            durable=True,
+        )
+        return bool(count)
 
     def ids_with_keys(self, store_keys: list[str]) -> set[str]:
         found: set[str] = set()

@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from media_service.api.media import ITEM_SCHEMA, item_json
-from media_service.storage.interfaces import MediaItem
+from media_service.storage.interfaces import AudioFacts, MediaItem
 from tests.api.media_api_support import (
     ISO_MILLIS_Z,
     ITEM_FIELDS,
@@ -132,6 +132,10 @@ def _item(**overrides: Any) -> MediaItem:
             title="T\u00e9\nline",
             description="d" * 5000,
             source_url="https://example.com/a?b=c",
+            audio=AudioFacts(
+                duration_ms=1500, sample_rate=8000, channels=1, codec="pcm", bit_rate=None
+            ),
+            audio_examined=True,
         ),
     ],
     ids=["minimal", "everything-set"],
@@ -320,6 +324,8 @@ INVALID_JSON_CASES = [
     pytest.param({"times_downloaded": 0}, ["times_downloaded"], id="read-only-times_downloaded"),
     pytest.param({"account_id": "x"}, ["account_id"], id="read-only-account_id"),
     pytest.param({"source_url": "http://x/"}, ["source_url"], id="read-only-source_url"),
+    pytest.param({"audio": None}, ["audio"], id="read-only-audio"),
+    pytest.param({"audio": {"codec": "pcm"}}, ["audio"], id="read-only-audio-object"),
     pytest.param({"time_created": "2020-01-01T00:00:00.000Z"}, ["time_created"], id="read-only-t"),
     pytest.param({"$set": {"public": True}}, ["$set"], id="operator-set"),
     pytest.param({"$where": "1"}, ["$where"], id="operator-where"),

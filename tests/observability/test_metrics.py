@@ -197,7 +197,7 @@ def test_every_port_call_is_timed(
 
     assert calls("credential_store", "get_account") >= 1  # a verified-secret cache may skip one
     assert calls("blob_store", "put") == 1
-    assert calls("blob_store", "open") == 1
+    assert calls("blob_store", "open") == 2  # the upload's audio-facts head, and the download
     assert calls("media_repository", "insert") == 1
     assert calls("media_repository", "count_download") == 1
 
