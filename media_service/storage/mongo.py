@@ -41,6 +41,7 @@ from media_service.storage.interfaces import (
     SearchQuery,
     Usage,
 )
+from media_service.storage.mongo_indexes import ensure_index
 
 Document = dict[str, Any]
 
@@ -218,11 +219,11 @@ class MongoMediaRepository(records.StateTransitions):
         with _translated():
             items = self._items
             for name, scope in (("account", "account_id"), ("application", "application_id")):
-                items.create_index(
-                    [(scope, ASCENDING), ("state", ASCENDING), *_TIME_ORDER], name=name
+                ensure_index(
+                    items, [(scope, ASCENDING), ("state", ASCENDING), *_TIME_ORDER], name=name
                 )
-            items.create_index([("state", ASCENDING), *_TIME_ORDER], name="state_time")
-            items.create_index([("store_key", ASCENDING)], name="store_key", unique=True)
+            ensure_index(items, [("state", ASCENDING), *_TIME_ORDER], name="state_time")
+            ensure_index(items, [("store_key", ASCENDING)], name="store_key", unique=True)
             self._backfill_all_downloads_left()
             self._counts.ensure_indexes()
             self._counts.build_if_missing()
@@ -537,7 +538,7 @@ class MongoCredentialStore:
     def ensure_schema(self) -> None:
         # Uniqueness of keys and application ids is the mandatory unique index on `_id`.
         with _translated():
-            self._applications.create_index([("api_key", ASCENDING)], name="api_key")
+            ensure_index(self._applications, [("api_key", ASCENDING)], name="api_key")
 
     def add_account(self, account: Account) -> None:
         doc = {

@@ -27,6 +27,8 @@ from pymongo import ASCENDING
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
+from media_service.storage.mongo_indexes import ensure_index
+
 Document = dict[str, Any]
 
 PLUS, MINUS = "counts_plus", "counts_minus"
@@ -103,12 +105,14 @@ class MinuteCounts:
         # The unique key serves application-scoped sums (an application search names the
         # account too); the second index serves account-wide sums over every application.
         key = [("account_id", ASCENDING), ("application_id", ASCENDING), ("minute", ASCENDING)]
-        self.counts.create_index(key, name="key", unique=True)
-        self.counts.create_index(
-            [("account_id", ASCENDING), ("minute", ASCENDING), ("n", ASCENDING)], name="account"
+        ensure_index(self.counts, key, name="key", unique=True)
+        ensure_index(
+            self.counts,
+            [("account_id", ASCENDING), ("minute", ASCENDING), ("n", ASCENDING)],
+            name="account",
         )
         for mark in (PLUS, MINUS):
-            self.items.create_index([(mark, ASCENDING)], name=mark)
+            ensure_index(self.items, [(mark, ASCENDING)], name=mark)
 
     # ----------------------------------------------------------------------- marks
 
