@@ -75,6 +75,21 @@ def _errors(*codes: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- upload
 
 
+# The fields an upload takes besides the file or url (the same in both body types).
+_UPLOAD_FIELDS: dict[str, dict[str, object]] = {
+    "filename": {"type": "string"},
+    "info": {"type": "string"},
+    "public": {"type": "boolean"},
+    "public_item": {"type": "boolean"},
+    "metadata_primary": {"type": "string"},
+    "metadata_secondary": {"type": "string"},
+    "title": {"type": "string"},
+    "description": {"type": "string"},
+    "mime_type": {"type": "string"},
+    "max_downloads_allowed": {"type": "integer", "minimum": 0},
+}
+
+
 @blp.route("", methods=["POST"], strict_slashes=False)
 @blp.doc(
     summary="Upload a media file",
@@ -93,16 +108,7 @@ def _errors(*codes: str) -> dict[str, Any]:
                         "filedata": {"type": "string", "format": "binary"},
                         "file": {"type": "string", "format": "binary"},
                         "url": {"type": "string", "format": "uri"},
-                        "filename": {"type": "string"},
-                        "info": {"type": "string"},
-                        "public": {"type": "boolean"},
-                        "public_item": {"type": "boolean"},
-                        "metadata_primary": {"type": "string"},
-                        "metadata_secondary": {"type": "string"},
-                        "title": {"type": "string"},
-                        "description": {"type": "string"},
-                        "mime_type": {"type": "string"},
-                        "max_downloads_allowed": {"type": "integer", "minimum": 0},
+                        **_UPLOAD_FIELDS,
                     },
                 }
             },
@@ -112,16 +118,7 @@ def _errors(*codes: str) -> dict[str, Any]:
                     "required": ["url"],
                     "properties": {
                         "url": {"type": "string", "format": "uri"},
-                        "filename": {"type": "string"},
-                        "info": {"type": "string"},
-                        "public": {"type": "boolean"},
-                        "public_item": {"type": "boolean"},
-                        "metadata_primary": {"type": "string"},
-                        "metadata_secondary": {"type": "string"},
-                        "title": {"type": "string"},
-                        "description": {"type": "string"},
-                        "mime_type": {"type": "string"},
-                        "max_downloads_allowed": {"type": "integer", "minimum": 0},
+                        **_UPLOAD_FIELDS,
                     },
                 }
             },
