@@ -26,7 +26,8 @@ def _set_up_schema(url: str, results: multiprocessing.Queue) -> None:  # type: i
         from media_service.settings import Settings
         from media_service.storage.mongo import MongoMediaRepository
 
-        MongoMediaRepository.from_settings(Settings.from_env({"MEDIA_DATABASE_URL": url})).ensure_schema()
+        settings = Settings.from_env({"MEDIA_DATABASE_URL": url})
+        MongoMediaRepository.from_settings(settings).ensure_schema()
         results.put("ok")
     except Exception:
         results.put(traceback.format_exc(limit=3))
@@ -37,7 +38,9 @@ def test_workers_set_up_one_fresh_database_at_once(round_number: int) -> None:
     context = multiprocessing.get_context("spawn")
     with fresh_mongo_database() as url:
         results = context.Queue()
-        workers = [context.Process(target=_set_up_schema, args=(url, results)) for _ in range(WORKERS)]
+        workers = [
+            context.Process(target=_set_up_schema, args=(url, results)) for _ in range(WORKERS)
+        ]
         for worker in workers:
             worker.start()
         outcomes = [results.get(timeout=120) for _ in workers]
