@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from flask.testing import FlaskClient
 
 from media_service.auth import generate_rsa_keypair, generate_secret, hash_secret, make_token
@@ -20,6 +22,14 @@ from media_service.factory import create_app
 from media_service.settings import Settings
 from media_service.storage.interfaces import Account, Application, Backends
 from tests.real_backends import REAL_PAIR, open_real_pair, real_pairs
+
+# Property tests judge behaviour, never speed: this machine's timings are noisy, and on a cold
+# cache (a fresh clone: no .hypothesis/) Hypothesis first builds its Unicode tables, which took
+# 10 s and failed the `too_slow` health check of any test drawing st.text().
+hypothesis_settings.register_profile(
+    "media", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("media")
 
 # The real pair (MongoDB + S3 servers) joins where `make test-backends` configured it.
 BACKEND_PAIRS: list[Any] = ["sqlite-files", "mongomock-moto", *real_pairs()]

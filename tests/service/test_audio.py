@@ -8,7 +8,7 @@ import wave
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from media_service.service import audio
@@ -167,11 +167,7 @@ def test_range_file_stops_at_its_deadline() -> None:
 HEADERS = [make_wav(0.1)[:64]] + [(DATA / s[0]).read_bytes()[:256] for s in SAMPLES]
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@settings(max_examples=150)  # no deadline, no too_slow check: the suite's profile (conftest)
 @given(
     base=st.sampled_from(HEADERS),
     flips=st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255)), max_size=12),
