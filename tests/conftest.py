@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
-from flask.testing import FlaskClient
 
 from media_service.auth import generate_rsa_keypair, generate_secret, hash_secret, make_token
 from media_service.factory import create_app
