@@ -3,7 +3,12 @@
 `evaluate` follows RFC 9110 §13.2.2 step by step and returns a `DownloadPlan`: which status to
 send and which bytes. It is written by hand because Werkzeug's conditional handling answers
 206 where §13.2.2 requires 304 (a Range beside a matching If-None-Match) and honours weak
-If-Range validators, which §13.1.5 forbids.
+If-Range validators, which §13.1.5 forbids. Its header parsers are not used either, each for
+a reason tests/http/test_conditional.py pins: `parse_etags` takes an unquoted word for a strong
+tag, a lower-case ``w/`` for weak (§8.8.3 makes ``W/`` case-sensitive) and ``*`` inside a list
+for a tag; `parse_range_header` rejects a range-set with empty elements (§5.6.1.2 says to
+ignore them), positions past 10**19 (valid; they mean "to the end") and answers ``-0`` as
+ignorable rather than unsatisfiable (416).
 
 Preconditions are evaluated only after the caller has authorised the request (§13.2.1: they
 apply only when the response without them would be 2xx or 412).

@@ -3,12 +3,20 @@
 Every parser here is total: it returns a timezone-aware UTC ``datetime`` or ``None`` and never
 raises, whatever it is given, because its input comes straight from request headers and query
 strings. Formatting never depends on the process locale (``strftime`` would).
+
+HTTP-dates are formatted by Werkzeug but parsed here: ``werkzeug.http.parse_date`` (that is,
+``email.utils``) reads an RFC 850 two-digit year with a fixed 1950–2049 split where RFC 9110
+§5.6.7 asks for a 50-year sliding window ("-70" is 2070 today, not 1970), refuses the leap
+second RFC 9110 allows (":60"), and accepts numeric zones and misspelt weekdays that HTTP-dates
+cannot have. tests/http/test_dates.py pins each of those.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone
+
+from werkzeug.http import http_date
 
 __all__ = [
     "MAX_DATE_LENGTH",
@@ -130,11 +138,7 @@ def format_http_date(dt: datetime) -> str:
 
     A naive ``dt`` is taken to be UTC.
     """
-    utc = _as_utc(dt)
-    return (
-        f"{_DAY_NAMES[utc.weekday()]}, {utc.day:02d} {_MONTH_NAMES[utc.month - 1]} "
-        f"{utc.year:04d} {utc.hour:02d}:{utc.minute:02d}:{utc.second:02d} GMT"
-    )
+    return http_date(_as_utc(dt))
 
 
 def format_iso_millis(dt: datetime) -> str:
