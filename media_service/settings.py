@@ -32,6 +32,7 @@ class Settings:
     url_fetch_total_timeout: float = 120.0
     trusted_proxies: int = 0  # how many X-Forwarded-* hops to trust
     backend_timeout: float = 5.0  # seconds, for every database and blob-store call
+    s3_max_pool_connections: int = 32  # per worker: one per thread that may talk to S3 at once
     sweep_grace_seconds: int = 3600  # an unreferenced blob younger than this is left alone
     # A PENDING item whose heartbeat is older than this is a dead upload, whatever its age. An
     # upload beats once per body read of up to 1 MiB, so this must exceed 1 MiB at the minimum
@@ -81,6 +82,7 @@ class Settings:
             url_fetch_total_timeout=_float(env, "MEDIA_URL_FETCH_TOTAL_TIMEOUT", 120.0),
             trusted_proxies=_int(env, "MEDIA_TRUSTED_PROXIES", 0, 0),
             backend_timeout=_float(env, "MEDIA_BACKEND_TIMEOUT", 5.0),
+            s3_max_pool_connections=_int(env, "MEDIA_S3_MAX_POOL_CONNECTIONS", 32, 1),
             sweep_grace_seconds=_int(env, "MEDIA_SWEEP_GRACE_SECONDS", 3600, 0),
             upload_min_rate=_int(env, "MEDIA_UPLOAD_MIN_RATE", 2048, 0),
             upload_rate_window=_float(env, "MEDIA_UPLOAD_RATE_WINDOW", 30.0),

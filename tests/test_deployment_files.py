@@ -33,10 +33,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 EXAMPLE_ENV = ROOT / "config" / "example.env"
 GUNICORN_CONF = ROOT / "config" / "gunicorn.conf.py"
-SETTINGS_SOURCES = [
-    ROOT / "media_service" / "settings.py",
-    ROOT / "media_service" / "storage" / "s3.py",  # reads MEDIA_S3_MAX_POOL_CONNECTIONS
-]
+SETTINGS_SOURCES = [ROOT / "media_service" / "settings.py"]
 # Read by the test suite, not the service.
 TEST_ONLY_NAMES = {"MEDIA_TEST_MONGO_URL", "MEDIA_TEST_S3_ENDPOINT"}
 # Everything the gunicorn config reads; cleared so the developer's shell cannot leak in.

@@ -7,7 +7,6 @@ port's exceptions.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
 )
 
-from media_service.settings import ConfigError, Settings
+from media_service.settings import Settings
 from media_service.storage.interfaces import (
     BackendUnavailable,
     BlobInfo,
@@ -56,14 +55,6 @@ def _transfer_config() -> TransferConfig:
     # many parts read ahead of the network (the default, 10, would allow 80 MiB per upload).
     config.max_in_memory_upload_chunks = 4
     return config
-
-
-def _pool_size() -> int:
-    """MEDIA_S3_MAX_POOL_CONNECTIONS: one connection per thread that may talk to S3 at once."""
-    raw = os.environ.get("MEDIA_S3_MAX_POOL_CONNECTIONS", "").strip() or "32"
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"MEDIA_S3_MAX_POOL_CONNECTIONS: expected an integer >= 1, got {raw!r}")
-    return int(raw)
 
 
 def check_key(key: str) -> str:
@@ -201,7 +192,7 @@ class S3BlobStore:
             connect_timeout=settings.backend_timeout,
             read_timeout=settings.backend_timeout,
             retries={"max_attempts": 3, "mode": "standard"},
-            max_pool_connections=_pool_size(),
+            max_pool_connections=settings.s3_max_pool_connections,
         )
         # AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL are honoured by botocore itself.
         client = session.client("s3", region_name=session.region_name or "us-east-1", config=config)

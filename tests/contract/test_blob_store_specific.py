@@ -251,9 +251,8 @@ def test_from_settings_parses_bucket_and_prefix(url: str, bucket: str, prefix: s
 def test_from_settings_client_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
-    monkeypatch.setenv("MEDIA_S3_MAX_POOL_CONNECTIONS", "7")
-
-    store = S3BlobStore.from_settings(settings_for("s3://media", backend_timeout=2.5))
+    settings = settings_for("s3://media", backend_timeout=2.5, s3_max_pool_connections=7)
+    store = S3BlobStore.from_settings(settings)
     config = store.client.meta.config
 
     assert store.client.meta.endpoint_url == "http://127.0.0.1:9"
@@ -269,10 +268,10 @@ def test_from_settings_client_configuration(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "many"])
-def test_from_settings_rejects_a_bad_pool_size(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    monkeypatch.setenv("MEDIA_S3_MAX_POOL_CONNECTIONS", value)
+def test_settings_reject_a_bad_pool_size(value: str) -> None:
+    environ = {"MEDIA_STORAGE_URL": "s3://media", "MEDIA_S3_MAX_POOL_CONNECTIONS": value}
     with pytest.raises(ConfigError, match="MEDIA_S3_MAX_POOL_CONNECTIONS"):
-        S3BlobStore.from_settings(settings_for("s3://media"))
+        Settings.from_env(environ)
 
 
 def test_prefix_scopes_keys_and_listing(moto: None) -> None:
