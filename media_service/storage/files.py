@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import stat
 import tempfile
 import time
@@ -18,24 +17,17 @@ from typing import BinaryIO
 from media_service.settings import Settings, file_storage_root
 from media_service.storage.disk import FULL_ERRNOS
 from media_service.storage.interfaces import (
+    BLOB_KEY,
     BackendUnavailable,
     BlobInfo,
     BlobNotFound,
     StorageFull,
     StoredBlob,
+    check_blob_key,
 )
 
 CHUNK_SIZE = 1024 * 1024
 TEMP_DIR = ".tmp"
-# Server keys are UUIDs; the pattern also rules out "", ".", "..", separators and hidden names.
-_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
-
-
-def check_key(key: str) -> str:
-    """Return the key if it is a safe single file name; raise ValueError otherwise."""
-    if not isinstance(key, str) or not _KEY.fullmatch(key):
-        raise ValueError(f"invalid blob key: {key!r}")
-    return key
 
 
 def _unavailable(exc: OSError) -> BackendUnavailable:
@@ -111,7 +103,7 @@ class FileBlobStore:
         return cls(root)
 
     def _path(self, key: str) -> Path:
-        check_key(key)
+        check_blob_key(key)
         return self.root / key[:2] / key
 
     def put(self, key: str, source: BinaryIO) -> StoredBlob:
@@ -207,7 +199,7 @@ class FileBlobStore:
 
     @staticmethod
     def _info(shard: str, entry: os.DirEntry[str]) -> BlobInfo | None:
-        if not _KEY.fullmatch(entry.name) or entry.name[:2] != shard:
+        if not BLOB_KEY.fullmatch(entry.name) or entry.name[:2] != shard:
             return None  # not something put() wrote
         try:
             st = entry.stat(follow_symlinks=False)
@@ -238,7 +230,7 @@ class FileBlobStore:
                 dead = [e for e in entries if self._mtime(e) < cutoff]
             else:
                 keys = {e.path: e.name.split(".", 1)[0] for e in entries}
-                named = [key for key in keys.values() if _KEY.fullmatch(key)]
+                named = [key for key in keys.values() if BLOB_KEY.fullmatch(key)]
                 alive = referenced(named) if named else set()
                 dead = [e for e in entries if keys[e.path] not in alive]
             removed = 0

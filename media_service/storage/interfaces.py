@@ -7,6 +7,7 @@ failures into the exceptions defined here (`BackendUnavailable`, `BlobNotFound`,
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -203,6 +204,20 @@ class BlobInfo:
     key: str
     size: int
     last_modified: datetime
+
+
+# --------------------------------------------------------------------------- blob keys
+
+# Keys are server-generated (UUIDs). The pattern also rules out "", ".", "..", separators and
+# hidden names, so a key is a safe single file name and a plain S3 key segment alike.
+BLOB_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+
+def check_blob_key(key: str) -> str:
+    """Return `key` if it is a plain server-generated name; raise ValueError otherwise."""
+    if not isinstance(key, str) or not BLOB_KEY.fullmatch(key):
+        raise ValueError(f"invalid blob key: {key!r}")
+    return key
 
 
 # --------------------------------------------------------------------------- ports

@@ -7,7 +7,6 @@ port's exceptions.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
@@ -26,11 +25,13 @@ from botocore.exceptions import (
 
 from media_service.settings import Settings
 from media_service.storage.interfaces import (
+    BLOB_KEY,
     BackendUnavailable,
     BlobInfo,
     BlobNotFound,
     StorageError,
     StoredBlob,
+    check_blob_key,
 )
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 CHUNK_SIZE = 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
-_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 _MISSING = {"NoSuchKey", "NotFound", "404"}
 
 
@@ -55,13 +55,6 @@ def _transfer_config() -> TransferConfig:
     # many parts read ahead of the network (the default, 10, would allow 80 MiB per upload).
     config.max_in_memory_upload_chunks = 4
     return config
-
-
-def check_key(key: str) -> str:
-    """Return the key if it is a plain server-generated name; raise ValueError otherwise."""
-    if not isinstance(key, str) or not _KEY.fullmatch(key):
-        raise ValueError(f"invalid blob key: {key!r}")
-    return key
 
 
 def _translate(exc: Exception, operation: str, key: str | None = None) -> StorageError:
@@ -203,7 +196,7 @@ class S3BlobStore:
         self.client.close()
 
     def _object_key(self, key: str) -> str:
-        return self.prefix + check_key(key)
+        return self.prefix + check_blob_key(key)
 
     def put(self, key: str, source: BinaryIO) -> StoredBlob:
         """Stream `source` to S3 (multipart above 8 MiB); leave nothing behind on failure.
@@ -300,7 +293,7 @@ class S3BlobStore:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
                 for entry in page.get("Contents", []):
                     key = entry["Key"][len(self.prefix) :]
-                    if _KEY.fullmatch(key):  # other tenants' "folders" are not ours
+                    if BLOB_KEY.fullmatch(key):  # other tenants' "folders" are not ours
                         modified = entry["LastModified"].astimezone(UTC)
                         yield BlobInfo(key=key, size=entry["Size"], last_modified=modified)
         except (BotoCoreError, ClientError) as exc:
@@ -325,7 +318,7 @@ class S3BlobStore:
                     (upload["Key"], upload["UploadId"])
                     for upload in page.get("Uploads", [])
                     if upload["Key"].startswith(self.prefix)
-                    and _KEY.fullmatch(upload["Key"][len(self.prefix) :])
+                    and BLOB_KEY.fullmatch(upload["Key"][len(self.prefix) :])
                     and upload["Initiated"].astimezone(UTC) < older_than
                 ]
                 if not candidates:
