@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +40,6 @@ ITEM_FIELDS = frozenset(
 )
 ISO_MILLIS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-PROBLEM_JSON = "application/problem+json"
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 MISSING_ID = "00000000-0000-4000-8000-000000000000"
 
@@ -52,24 +50,6 @@ def md5_hex(data: bytes) -> str:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def assert_problem(response: Any, status: int, *, names: Sequence[str] | None = None) -> dict:
-    """Assert an RFC 7807 answer with `status`; with `names`, exactly those invalid parameters.
-
-    Returns the problem body for further checks.
-    """
-    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
-    assert response.mimetype == PROBLEM_JSON
-    body = response.get_json(force=True)
-    assert {"type", "title", "detail", "instance"} <= set(body), body
-    assert all(isinstance(body[key], str) and body[key] for key in ("type", "title", "detail"))
-    assert body["instance"] == response.headers["X-Request-Id"]
-    if names is not None:
-        reported = [entry["name"] for entry in body.get("invalid_parameters", [])]
-        assert sorted(reported) == sorted(names), body
-        assert all(entry["reason"] for entry in body["invalid_parameters"])
-    return body
 
 
 def assert_nothing_left(client: FlaskClient, backends: Backends, headers: dict[str, str]) -> None:

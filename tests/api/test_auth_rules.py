@@ -16,8 +16,8 @@ import jwt
 import pytest
 from flask.testing import FlaskClient
 
-from tests.api.media_api_support import assert_problem
 from tests.conftest import Credentials, Uploader
+from tests.problems import assert_problem
 
 Call = Callable[..., Any]
 

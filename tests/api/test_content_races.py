@@ -23,6 +23,7 @@ from media_service.factory import create_app
 from media_service.settings import Settings
 from media_service.storage.interfaces import Backends, BlobStore, BlobStream
 from tests.conftest import Credentials
+from tests.problems import assert_problem
 from tests.real_backends import REAL_PAIR, mongo_is_ferretdb
 
 CONTENT = b"RIFF\x24\x00\x00\x00WAVEfmt racing bytes" * 100
@@ -63,13 +64,6 @@ def upload(client: FlaskClient, owner: Credentials, **fields: str) -> dict[str, 
     assert response.status_code == 201, response.get_json()
     item: dict[str, Any] = response.get_json()
     return item
-
-
-def assert_problem(response: Any, status: int) -> None:
-    assert response.status_code == status, response.get_data()[:500]
-    assert response.mimetype == "application/problem+json"
-    if response.request.method != "HEAD":
-        assert response.get_json()["status"] == status
 
 
 def errors_naming(caplog: pytest.LogCaptureFixture, item_id: str) -> list[logging.LogRecord]:

@@ -21,9 +21,9 @@ from tests.api.media_api_support import (
     ITEM_FIELDS,
     MISSING_ID,
     assert_nothing_left,
-    assert_problem,
 )
 from tests.conftest import Credentials, Uploader
+from tests.problems import assert_problem
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 SEARCH_KEYS = {"page_size", "page_index", "count", "_links", "_embedded"}

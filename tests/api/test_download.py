@@ -26,6 +26,7 @@ from media_service.context import EXTENSION_KEY
 from media_service.storage.interfaces import Backends
 from tests.api.shared_world import KeyPair, World, open_world
 from tests.conftest import BACKEND_PAIRS, Credentials
+from tests.problems import assert_problem
 
 CREATED = datetime(2024, 5, 6, 7, 8, 9, 987_000, tzinfo=UTC)  # a Monday
 LAST_MODIFIED = "Mon, 06 May 2024 07:08:09 GMT"
@@ -33,7 +34,6 @@ SIZE = 20_000
 CONTENT = random.Random(20_000).randbytes(SIZE)
 MIME = "audio/wav"
 EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
-PROBLEM_FIELDS = {"type", "title", "detail", "instance"}
 
 # RFC 6266 with RFC 8187: a quoted ASCII fallback without quote, backslash or semicolon, and an
 # ext-value whose characters are attr-char or percent-encoded octets.
@@ -127,15 +127,6 @@ def downloads(client: FlaskClient, owner: Credentials, item: dict[str, Any]) -> 
     assert info.status_code == 200, info.get_json()
     count: int = info.get_json()["times_downloaded"]
     return count
-
-
-def assert_problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.data[:500]
-    assert response.mimetype == "application/problem+json"
-    body: dict[str, Any] = response.get_json()
-    assert PROBLEM_FIELDS <= body.keys()
-    assert body["instance"] == response.headers["X-Request-Id"]
-    return body
 
 
 @pytest.fixture

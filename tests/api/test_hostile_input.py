@@ -23,12 +23,12 @@ from flask.testing import FlaskClient
 from media_service.storage.interfaces import Backends
 from tests.api.shared_world import KeyPair, World, open_world
 from tests.conftest import BACKEND_PAIRS, Credentials
+from tests.problems import assert_problem
 
 MAX_UPLOAD = 256 * 1024
 FORM_OVERHEAD = 2 * 1024 * 1024  # what upload.py allows on top of the file for the form
 READ_SIZE = 1024 * 1024  # how much of the body the server reads at a time
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
-PROBLEM_FIELDS = ("type", "title", "detail", "instance")
 BOUNDARY = "hostile-7d1c0b"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt hostile"
@@ -105,23 +105,6 @@ def file_part(
 
 def multipart(*parts: bytes) -> bytes:
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
-
-
-def assert_problem(response: Any, status: int, names: list[str] | None = None) -> dict[str, Any]:
-    """A problem+json answer with `status`; with `names`, exactly those invalid parameters."""
-    assert response.status_code == status, response.get_data()[:1000]
-    assert response.mimetype == "application/problem+json"
-    if response.request.method == "HEAD":
-        return {}
-    body: dict[str, Any] = response.get_json()
-    for key in PROBLEM_FIELDS:
-        assert isinstance(body.get(key), str) and body[key], body
-    assert body["instance"] == response.headers["X-Request-Id"]
-    if names is not None:
-        reported = sorted(entry["name"] for entry in body.get("invalid_parameters", []))
-        assert reported == sorted(names), body
-        assert all(entry["reason"] for entry in body["invalid_parameters"])
-    return body
 
 
 def assert_nothing_left(client: FlaskClient, backends: Backends, owner: Credentials) -> None:

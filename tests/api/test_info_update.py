@@ -19,10 +19,10 @@ from tests.api.media_api_support import (
     ISO_MILLIS_Z,
     ITEM_FIELDS,
     MISSING_ID,
-    assert_problem,
     md5_hex,
 )
 from tests.conftest import Credentials, Uploader
+from tests.problems import assert_problem
 
 UPDATE_PATHS = ["/v3/media/{id}/info", "/v3/media/{id}"]
 CONTENT = b"RIFF\x24\x00\x00\x00WAVEfmt hello"

@@ -35,13 +35,13 @@ from tests.api.media_api_support import (
     UUID4,
     Part,
     assert_nothing_left,
-    assert_problem,
     md5_hex,
     multipart,
     post_multipart,
     sha256_hex,
 )
 from tests.conftest import Credentials, Uploader, make_settings
+from tests.problems import assert_problem
 
 WAV = (
     b"RIFF"

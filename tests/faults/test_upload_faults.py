@@ -45,6 +45,7 @@ from tests.faults.conftest import (
     open_multipart_uploads,
     visible_items,
 )
+from tests.problems import assert_problem
 
 CONTENT = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 16
 
@@ -56,15 +57,6 @@ def post_upload(client: FlaskClient, headers: dict[str, str], content: bytes = C
         content_type=MULTIPART_TYPE,
         headers=headers,
     )
-
-
-def assert_problem(response: Any, status: int) -> dict[str, Any]:
-    """The response is `status` with an RFC 7807 body; return the body."""
-    assert response.status_code == status, response.get_data(as_text=True)[:500]
-    assert response.mimetype == "application/problem+json"
-    body: dict[str, Any] = response.get_json()
-    assert {"type", "title", "detail", "instance"} <= body.keys()
-    return body
 
 
 def assert_nothing_visible(client: FlaskClient, owner: Credentials) -> None:

@@ -38,6 +38,7 @@ from tests.integration.conftest import (
     payload,
     upload,
 )
+from tests.problems import assert_problem
 
 NGINX_CONF = REPO_ROOT / "config" / "nginx" / "media.conf"
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -177,17 +178,6 @@ def split(answer: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), headers, body
 
 
-def assert_problem(answer: bytes, status: int, request_id: str | None = None) -> None:
-    code, headers, body = split(answer)
-    assert code == status, answer[:600]
-    assert headers["content-type"] == "application/problem+json", headers
-    document = json.loads(body)
-    assert document["status"] == status
-    assert document["instance"] == headers["x-request-id"]
-    if request_id is not None:
-        assert headers["x-request-id"] == request_id
-
-
 # --- the config mirrors the service's limits ----------------------------------------------------
 
 
@@ -301,14 +291,14 @@ def test_too_large_body_is_413_problem(door: FrontDoor) -> None:
         b"Content-Type: multipart/form-data; boundary=x\r\n"
         b"Content-Length: %d\r\nConnection: close\r\n\r\n" % too_large,
     )
-    assert_problem(answer, 413, request_id="big-body-1")
+    assert_problem(split(answer), 413, request_id="big-body-1")
 
 
 def test_too_long_uri_is_414_problem(door: FrontDoor) -> None:
     answer = raw_exchange(
         door.port, b"GET /v3/media?q=" + b"a" * 40_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n"
     )
-    assert_problem(answer, 414)
+    assert_problem(split(answer), 414)
 
 
 def test_uri_too_long_for_gunicorn_is_its_414_problem(door: FrontDoor) -> None:
@@ -317,7 +307,7 @@ def test_uri_too_long_for_gunicorn_is_its_414_problem(door: FrontDoor) -> None:
         door.port,
         b"GET /v3/media?q=" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
-    assert_problem(answer, 414)
+    assert_problem(split(answer), 414)
 
 
 def test_too_large_header_is_431_problem(door: FrontDoor) -> None:
@@ -327,7 +317,7 @@ def test_too_large_header_is_431_problem(door: FrontDoor) -> None:
         + b"x" * 40_000
         + b"\r\n\r\n",
     )
-    assert_problem(answer, 431)
+    assert_problem(split(answer), 431)
 
 
 def test_the_longest_token_reaches_the_service(door: FrontDoor) -> None:
@@ -336,7 +326,7 @@ def test_the_longest_token_reaches_the_service(door: FrontDoor) -> None:
         b"GET /v3/media HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Request-Id: tok-1\r\n"
         b"Authorization: Bearer " + b"e" * MAX_TOKEN_LENGTH + b"\r\n\r\n",
     )
-    assert_problem(answer, 401, request_id="tok-1")  # the service's answer, not nginx's
+    assert_problem(split(answer), 401, request_id="tok-1")  # the service's answer, not nginx's
 
 
 def test_unsupported_transfer_encoding_is_501_problem(door: FrontDoor) -> None:
@@ -345,14 +335,14 @@ def test_unsupported_transfer_encoding_is_501_problem(door: FrontDoor) -> None:
         b"POST /v3/media HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n"
         b"Connection: close\r\n\r\n0\r\n\r\n",
     )
-    assert_problem(answer, 501)
+    assert_problem(split(answer), 501)
 
 
 def test_malformed_request_is_400_problem(door: FrontDoor) -> None:
     answer = raw_exchange(
         door.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"
     )
-    assert_problem(answer, 400)
+    assert_problem(split(answer), 400)
 
 
 def test_unsafe_request_id_is_replaced(door: FrontDoor) -> None:
@@ -360,7 +350,7 @@ def test_unsafe_request_id_is_replaced(door: FrontDoor) -> None:
         door.port,
         b"GET /v3/media?q=" + b"a" * 40_000 + b' HTTP/1.1\r\nHost: t\r\nX-Request-Id: "}{\r\n\r\n',
     )
-    assert_problem(answer, 414)
+    assert_problem(split(answer), 414)
     assert len(split(answer)[1]["x-request-id"]) == 32
 
 
@@ -372,4 +362,4 @@ def test_service_down_is_502_problem(tmp_path: Path) -> None:
         )
     finally:
         door.stop()
-    assert_problem(answer, 502)
+    assert_problem(split(answer), 502)

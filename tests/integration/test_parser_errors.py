@@ -7,7 +7,6 @@ client libraries refuse to send most of these requests.
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Callable
 
@@ -15,6 +14,7 @@ import pytest
 
 from media_service.auth.tokens import MAX_TOKEN_LENGTH
 from tests.integration.conftest import LOOPBACK, LiveServer, StartServer
+from tests.problems import assert_problem
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -44,22 +44,6 @@ def exchange(server: LiveServer) -> Exchange:
         return int(status_line.split()[1]), headers, body
 
     return send
-
-
-def assert_problem(
-    answer: tuple[int, dict[str, str], bytes], status: int, request_id: str | None = None
-) -> dict[str, object]:
-    code, headers, body = answer
-    assert code == status, answer
-    assert headers["content-type"] == "application/problem+json", headers
-    assert headers.get("x-request-id"), headers
-    if request_id is not None:
-        assert headers["x-request-id"] == request_id
-    document = json.loads(body)
-    assert document["status"] == status
-    assert document["title"] and document["detail"]
-    assert document["instance"] == headers["x-request-id"]
-    return document
 
 
 @pytest.mark.parametrize(
