@@ -21,7 +21,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from bench.tools import venv_bin
+from realservers.process import children_of, free_port
 
 LOOPBACK = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,13 +50,6 @@ DUMMY_AWS = {
 
 class ServerFailed(RuntimeError):
     """A server exited or never answered; the message carries the tail of its log."""
-
-
-def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
 
 
 def clean_env(overrides: dict[str, str]) -> dict[str, str]:
@@ -80,22 +73,6 @@ def clean_env(overrides: dict[str, str]) -> dict[str, str]:
     )
     env.update(overrides)
     return env
-
-
-def children_of(pid: int) -> list[int]:
-    """Pids whose parent is `pid` (from /proc; Linux only)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()  # after the command name: state, ppid, ...
-        if len(fields) > 1 and int(fields[1]) == pid:
-            children.append(int(entry.name))
-    return sorted(children)
 
 
 def _tail(path: Path, size: int = 3000) -> str:

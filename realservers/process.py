@@ -36,6 +36,23 @@ def port_open(port: int, timeout: float = 0.5) -> bool:
     return False
 
 
+def children_of(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is `pid`, sorted; read from /proc (Linux)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after ")".
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and int(fields[1]) == pid and fields[0] != "Z":
+            children.append(int(entry.name))
+    return sorted(children)
+
+
 class Daemon:
     """One server process in a session of its own, with its output in `log_path`.
 

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -26,6 +25,7 @@ import pytest
 import yaml
 
 from media_service.settings import ConfigError, Settings
+from realservers.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -651,12 +651,6 @@ def app(environ, start_response):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _gunicorn(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     (tmp_path / "stub_app.py").write_text(STUB_APP)
     return subprocess.Popen(
@@ -679,7 +673,7 @@ def _gunicorn(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
 
 @pytest.mark.integration
 def test_gunicorn_refuses_to_start_on_bad_settings(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = _gunicorn(
         tmp_path, GUNICORN_BIND=f"127.0.0.1:{port}", MEDIA_STORAGE_URL="ftp://example/media"
     )
@@ -698,7 +692,7 @@ def test_gunicorn_refuses_to_start_on_bad_settings(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_gunicorn_serves_with_the_config(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = _gunicorn(
         tmp_path,
         GUNICORN_BIND=f"127.0.0.1:{port}",

@@ -44,6 +44,7 @@ from media_service.storage.interfaces import (
     SearchQuery,
     SearchScope,
 )
+from realservers.process import children_of, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent  # not resolved: in a venv, python links out of bin/
@@ -592,7 +593,7 @@ class GunicornServer:
 
     def worker_pids(self) -> set[int]:
         """The master's live children (its workers)."""
-        return children_of(self.process.pid)
+        return set(children_of(self.process.pid))
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -621,29 +622,6 @@ class GunicornServer:
             self.process.wait(timeout=5)
         if self._log is not None:
             self._log.close()
-
-
-def children_of(pid: int) -> set[int]:
-    """Live child processes of `pid`, read from /proc (no psutil needed)."""
-    children: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after ")".
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            children.add(int(entry.name))
-    return children
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

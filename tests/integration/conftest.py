@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ import boto3
 import pytest
 import requests
 
+from realservers.process import children_of, free_port
 from tests import real_backends
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -65,13 +65,6 @@ DUMMY_AWS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
 
 
 def _inherited(name: str) -> bool:
@@ -192,23 +185,6 @@ class LiveServer:
             if cmdline and _cmdline(pid) == cmdline:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-
-
-def children_of(pid: int) -> list[int]:
-    """Pids whose parent is `pid` (scans /proc; Linux only)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command name: state, ppid, ...
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            children.append(int(entry.name))
-    return sorted(children)
 
 
 def _cmdline(pid: int) -> bytes:

@@ -30,6 +30,7 @@ from media_service.auth import generate_secret, hash_secret
 from media_service.backends import open_backends
 from media_service.settings import Settings
 from media_service.storage.interfaces import Account
+from realservers.process import free_port
 from tests.observability.support import parse_metrics, value
 
 pytestmark = pytest.mark.integration
@@ -41,12 +42,6 @@ MiB = 1024 * 1024
 # Variables of the developer's shell that would change the server under test.
 _DROPPED_PREFIXES = ("MEDIA_", "GUNICORN_", "PROMETHEUS_", "AWS_")
 _DROPPED = {"PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -129,7 +124,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     """gunicorn with 3 workers that each retire after 25 requests, on a free loopback port."""
     data_dir = tmp_path / "var"
     api_key, api_secret = _provision(data_dir)
-    port = _free_port()
+    port = free_port()
     env = {
         name: val
         for name, val in os.environ.items()
