@@ -211,13 +211,24 @@ def _frame_sync(head: bytes) -> bool:
     return len(head) >= 4 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 != 0
 
 
+# The largest rate and channel count any of the accepted codecs carries (PCM at 768 kHz; Opus
+# and Vorbis mapping families allow 255 channels).
+MAX_SAMPLE_RATE = 768_000
+MAX_CHANNELS = 255
+
+
 def _facts(parsed: mutagen.FileType, codec: str) -> AudioFacts | None:
     info = parsed.info
     length = float(getattr(info, "length", 0) or 0)
     # Opus always decodes at 48 kHz (RFC 7845); mutagen reports no rate for it.
     sample_rate = 48000 if codec == "opus" else int(getattr(info, "sample_rate", 0) or 0)
     channels = int(getattr(info, "channels", 0) or 0)
-    if not (length > 0 and sample_rate > 0 and channels > 0) or length != length:
+    duration_ms = round(length * 1000) if length == length else 0  # NaN: not audio
+    # A header whose rate or channel count no codec uses is corrupt, not audio we can read; it
+    # also leaves a real payload less than a millisecond long (duration 0), which is no audio.
+    if not (0 < sample_rate <= MAX_SAMPLE_RATE and 0 < channels <= MAX_CHANNELS):
+        return None
+    if duration_ms <= 0:
         return None
     if codec == "aac":
         # MP4 holds other codecs too (ALAC, ...): only AAC is claimed.
@@ -229,7 +240,7 @@ def _facts(parsed: mutagen.FileType, codec: str) -> AudioFacts | None:
     else:
         bit_rate = int(getattr(info, "bitrate", 0) or 0) or None
     return AudioFacts(
-        duration_ms=round(length * 1000),
+        duration_ms=duration_ms,
         sample_rate=sample_rate,
         channels=channels,
         codec=codec,
