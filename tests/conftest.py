@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import io
 import os
@@ -35,17 +36,28 @@ hypothesis_settings.load_profile("media")
 BACKEND_PAIRS: list[Any] = ["sqlite-files", "mongomock-moto", *real_pairs()]
 
 
+# Dummy AWS credentials; never a developer's real config, never a real endpoint.
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+}
+UNSET_AWS_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE")
+
+
+def sandbox_aws(env: pytest.MonkeyPatch) -> None:
+    """Put the fake AWS environment in place through `env` (undone when `env` is)."""
+    for name, value in FAKE_AWS_ENV.items():
+        env.setenv(name, value)
+    for name in UNSET_AWS_ENV:
+        env.delenv(name, raising=False)
+
+
 @pytest.fixture(autouse=True)
 def _aws_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dummy AWS credentials; never read a developer's real config or reach a real endpoint."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    sandbox_aws(monkeypatch)
 
 
 @pytest.fixture(scope="session")
@@ -78,15 +90,6 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
-def _sqlite_files(settings: Settings) -> Iterator[Backends]:
-    from media_service.backends import open_backends
-
-    backends = open_backends(settings)
-    yield backends
-    for closer in backends.closers:
-        closer.close()  # type: ignore[attr-defined]
-
-
 @functools.cache
 def _botocore_loader() -> Any:
     """One model loader for the session: re-reading botocore's JSON models costs ~0.3 s a client."""
@@ -95,7 +98,35 @@ def _botocore_loader() -> Any:
     return botocore.loaders.create_loader()
 
 
-def _mongomock_moto(settings: Settings) -> Iterator[Backends]:
+@contextlib.contextmanager
+def open_pair(pair: str, settings: Settings) -> Iterator[Backends]:
+    """The backends of `pair` (one of BACKEND_PAIRS), schema in place; closed afterwards.
+
+    The mongomock-moto pair needs the fake AWS environment (`sandbox_aws`) around it.
+    """
+    if pair == REAL_PAIR:
+        with open_real_pair(settings) as real:
+            yield real
+    elif pair == "sqlite-files":
+        yield from _sqlite_files(settings)
+    elif pair == "mongomock-moto":
+        yield from _mongomock_moto()
+    else:
+        raise ValueError(f"unknown backend pair {pair!r}")
+
+
+def _sqlite_files(settings: Settings) -> Iterator[Backends]:
+    from media_service.backends import open_backends
+
+    backends = open_backends(settings)
+    try:
+        yield backends
+    finally:
+        for closer in backends.closers:
+            closer.close()  # type: ignore[attr-defined]
+
+
+def _mongomock_moto() -> Iterator[Backends]:
     import boto3
     import botocore.session
     import mongomock
@@ -126,12 +157,8 @@ def _mongomock_moto(settings: Settings) -> Iterator[Backends]:
 
 @pytest.fixture(params=BACKEND_PAIRS)
 def backends(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Backends]:
-    if request.param == REAL_PAIR:
-        with open_real_pair(settings) as real:
-            yield real
-        return
-    factory = _sqlite_files if request.param == "sqlite-files" else _mongomock_moto
-    yield from factory(settings)
+    with open_pair(request.param, settings) as opened:
+        yield opened
 
 
 @pytest.fixture

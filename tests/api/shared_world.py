@@ -20,8 +20,7 @@ from flask import Flask
 from media_service.factory import create_app
 from media_service.settings import Settings
 from media_service.storage.interfaces import Application, Backends
-from tests.conftest import Credentials, make_settings, provision
-from tests.real_backends import REAL_PAIR, open_real_pair
+from tests.conftest import Credentials, make_settings, open_pair, provision, sandbox_aws
 
 KeyPair = tuple[str, str]
 
@@ -43,14 +42,8 @@ def open_world(
     """Open `pair` (one of conftest's BACKEND_PAIRS) under `directory`, with an app."""
     settings = make_settings(directory, **overrides)
     with ExitStack() as stack:
-        if pair == "sqlite-files":
-            backends = _sqlite_files(settings, stack)
-        elif pair == "mongomock-moto":
-            backends = _mongomock_moto(stack)
-        elif pair == REAL_PAIR:
-            backends = stack.enter_context(open_real_pair(settings))
-        else:
-            raise ValueError(f"unknown backend pair {pair!r}")
+        sandbox_aws(stack.enter_context(pytest.MonkeyPatch.context()))  # for the module's life
+        backends = stack.enter_context(open_pair(pair, settings))
         app = create_app(settings, backends=backends)
         app.config["TESTING"] = True
         owner = provision(backends, keypair, api_key="acct0001", application_id="app-one")
@@ -62,47 +55,3 @@ def open_world(
             backends, second_keypair, api_key="acct0002", application_id="app-other"
         )
         yield World(settings, backends, app, owner, sibling, stranger)
-
-
-def _sqlite_files(settings: Settings, stack: ExitStack) -> Backends:
-    from media_service.backends import open_backends
-
-    backends = open_backends(settings)
-    for closer in backends.closers:
-        stack.callback(closer.close)  # type: ignore[attr-defined]
-    return backends
-
-
-def _mongomock_moto(stack: ExitStack) -> Backends:
-    import boto3
-    import mongomock
-    from moto import mock_aws
-
-    from media_service.storage.mongo import (
-        MongoCredentialStore,
-        MongoDatabase,
-        MongoMediaRepository,
-    )
-    from media_service.storage.s3 import S3BlobStore
-
-    # The same sandbox as conftest's per-test one, for the module's lifetime.
-    env = stack.enter_context(pytest.MonkeyPatch.context())
-    env.setenv("AWS_ACCESS_KEY_ID", "testing")
-    env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    env.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-    env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        env.delenv(name, raising=False)
-    stack.enter_context(mock_aws())
-    client = boto3.client("s3", region_name="us-east-1")
-    client.create_bucket(Bucket="media-test")
-    database = MongoDatabase.wrap(mongomock.MongoClient(tz_aware=True)["media"])
-    backends = Backends(
-        blobs=S3BlobStore(client, "media-test", "items/"),
-        media=MongoMediaRepository.from_database(database),
-        credentials=MongoCredentialStore.from_database(database),
-    )
-    backends.media.ensure_schema()
-    backends.credentials.ensure_schema()
-    return backends
