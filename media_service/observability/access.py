@@ -274,7 +274,7 @@ def _counting_body(
     if isinstance(file_wrapper, type) and isinstance(result, file_wrapper) and filelike is not None:
         # The server's own file wrapper (gunicorn's): keep one, so it can still use sendfile.
         counted = _CountingFile(filelike, exchange)
-        return file_wrapper(counted, getattr(result, "blksize", 8192))
+        return cast(Iterable[bytes], file_wrapper(counted, getattr(result, "blksize", 8192)))
     return _CountingBody(result, exchange)
 
 

@@ -164,6 +164,6 @@ def exposition() -> tuple[bytes, str]:
         # A fresh registry per scrape that reads every worker's files: whichever worker answers,
         # the numbers are the whole server's.
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -143,7 +143,7 @@ class MimeType(fields.String):
         return normalised
 
 
-class IsoDateTime(fields.Field):
+class IsoDateTime(fields.Field[datetime]):
     """ISO 8601 in and out, UTC with milliseconds: 2020-01-01T14:00:00.000Z."""
 
     def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:

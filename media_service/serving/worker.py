@@ -108,7 +108,7 @@ class TimedSocketUnreader(SocketUnreader):
             raise ClientTooSlow(f"The client was {what}.")
         self.sock.settimeout(timeout)
         try:
-            data = super().chunk(size_hint)
+            data: bytes = super().chunk(size_hint)  # gunicorn is untyped
         except TimeoutError:
             self.timed_out = True
             raise ClientTooSlow(f"The client was {what}.") from None
