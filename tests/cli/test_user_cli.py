@@ -204,6 +204,26 @@ def test_upload_recursive_and_json(run: Run, tmp_path: Path) -> None:
     assert results[0]["item"]["metadata_primary"] == '{"k": 1}'
 
 
+def test_the_upload_transport_is_chosen_per_file_by_size(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`choose_uploader` is the seam where a resumable transport will be plugged in."""
+    from media_service.user_cli import commands
+    from media_service.user_cli.transfers import MultipartUploader
+
+    chosen: list[int] = []
+
+    def choose(client: MediaClient, size: int) -> MultipartUploader:
+        chosen.append(size)
+        return MultipartUploader(client)
+
+    monkeypatch.setattr(commands, "choose_uploader", choose)
+    files = [write(tmp_path / f"{n}.bin", b"x" * n) for n in (3, 7)]
+    status, _, err = run("upload", *files)
+    assert status == 0, err
+    assert chosen == [3, 7]
+
+
 def test_upload_refused_by_the_service_names_the_reason(run: Run, tmp_path: Path) -> None:
     big = write(tmp_path / "big.bin", b"\0" * (8 * 1024 * 1024 + 1))  # over the test cap
     small = write(tmp_path / "small.bin", b"ok")
