@@ -19,7 +19,13 @@ from typing import Any
 
 import requests
 
-from media_service.client import MediaApiError, MediaClient, MediaClientError, Unauthorized
+from media_service.client import (
+    MediaApiError,
+    MediaClient,
+    MediaClientError,
+    MediaItem,
+    Unauthorized,
+)
 from media_service.user_cli import output
 from media_service.user_cli.connection import (
     Connection,
@@ -27,7 +33,7 @@ from media_service.user_cli.connection import (
     add_connection_arguments,
     resolve,
 )
-from media_service.user_cli.progress import MODES, Transfers
+from media_service.user_cli.progress import MODES, Bar, Transfers
 from media_service.user_cli.transfers import (
     DownloadInterrupted,
     choose_uploader,
@@ -252,8 +258,8 @@ def _upload_one(
     size: int,
     fields: dict[str, Any],
     transfers: Transfers,
-    overall: Any,
-) -> Any:
+    overall: Bar,
+) -> MediaItem:
     bar = transfers.bar(path.name, size)
     sent = 0
 
@@ -370,7 +376,7 @@ def _get(args: argparse.Namespace, connection: Connection, transfers: Transfers)
     return 0
 
 
-def _default_name(item: Any) -> Path:
+def _default_name(item: MediaItem) -> Path:
     """The item's own file name, reduced to a plain name in the current directory."""
     name = os.path.basename(item.original_file_name or "")
     return Path(name if name not in ("", ".", "..") else item.id)
@@ -384,7 +390,7 @@ def _info(args: argparse.Namespace, connection: Connection, transfers: Transfers
     return 0
 
 
-def _show(item: Any, as_json: bool) -> None:
+def _show(item: MediaItem, as_json: bool) -> None:
     if as_json:
         print(json.dumps(output.item_json(item), indent=2))
     else:

@@ -113,14 +113,20 @@ class Transfers:
 
 
 class ProgressReader:
-    """A binary file that reports each read's size; seek and tell pass through."""
+    """A binary file that reports each read's size (and bytes, to `on_data`); seek and tell
+    pass through."""
 
-    def __init__(self, file: BinaryIO, on_bytes: OnBytes) -> None:
+    def __init__(
+        self, file: BinaryIO, on_bytes: OnBytes, on_data: Callable[[bytes], object] | None = None
+    ) -> None:
         self._file = file
         self._on_bytes = on_bytes
+        self._on_data = on_data
 
     def read(self, size: int = -1, /) -> bytes:
         data = self._file.read(size)
+        if self._on_data is not None:
+            self._on_data(data)
         self._on_bytes(len(data))
         return data
 

@@ -33,10 +33,17 @@ class MultipartUploader:
         self._client = client
 
     def upload(self, path: Path, fields: Mapping[str, Any], on_bytes: OnBytes) -> MediaItem:
+        md5 = hashlib.md5(usedforsecurity=False)
         with path.open("rb") as file:
-            return self._client.upload_file(
-                ProgressReader(file, on_bytes), filename=path.name, **fields
+            reader = ProgressReader(file, on_bytes, md5.update)
+            item = self._client.upload_file(reader, filename=path.name, **fields)
+        if item.etag and _MD5_HEX.fullmatch(item.etag) and item.etag != md5.hexdigest():
+            # The service hashes what it received (SPEC §1): another value means other bytes.
+            raise MediaClientError(
+                f"stored as {item.id}, but its ETag {item.etag} is not the MD5 of the bytes "
+                f"sent ({md5.hexdigest()}): check the item, delete it and upload again"
             )
+        return item
 
 
 def choose_uploader(client: MediaClient, size: int) -> Uploader:

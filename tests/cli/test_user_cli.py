@@ -224,6 +224,26 @@ def test_the_upload_transport_is_chosen_per_file_by_size(
     assert chosen == [3, 7]
 
 
+def test_an_upload_whose_etag_is_not_the_md5_sent_fails(
+    run: Run, recorder: Recorder, tmp_path: Path
+) -> None:
+    inner = recorder.app
+
+    def tampering(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        body = b"".join(inner(environ, start_response))
+        if environ["REQUEST_METHOD"] == "POST":
+            item = json.loads(body)
+            body = body.replace(item["etag"].encode(), b"0" * 32)  # same length
+        return [body]
+
+    recorder.app = tampering
+    path = write(tmp_path / "sent.bin", b"the bytes sent")
+    status, out, err = run("upload", path)
+    assert status == 1 and out == ""
+    assert f"is not the MD5 of the bytes sent ({md5(b'the bytes sent')})" in err
+    assert err.startswith(f"media: {path}: stored as ")
+
+
 def test_upload_refused_by_the_service_names_the_reason(run: Run, tmp_path: Path) -> None:
     big = write(tmp_path / "big.bin", b"\0" * (8 * 1024 * 1024 + 1))  # over the test cap
     small = write(tmp_path / "small.bin", b"ok")
