@@ -294,11 +294,16 @@ class MediaClient:
 
     @contextmanager
     def open_download(
-        self, item_id: str, *, byte_range: tuple[int, int | None] | None = None
+        self,
+        item_id: str,
+        *,
+        byte_range: tuple[int, int | None] | None = None,
+        if_range: str | None = None,
     ) -> Iterator[ContentStream]:
         """Open the content (or the inclusive `byte_range`) as an iterator of byte chunks.
 
-        The stream's `status` is 206 for a range, or 200 if the server sent everything.
+        The stream's `status` is 206 for a range, or 200 if the server sent everything (as it
+        does when `if_range`, an ETag, no longer matches the content).
         """
         headers = {}
         if byte_range is not None:
@@ -306,6 +311,10 @@ class MediaClient:
             if start < 0 or (end is not None and end < start):
                 raise ValueError("byte_range must be (start, end) with 0 <= start <= end")
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
+            if if_range is not None:
+                headers["If-Range"] = quote_etag(if_range)
+        elif if_range is not None:
+            raise ValueError("if_range needs a byte_range")
         response = self._send(
             "GET", self._url(item_id), expect=(200, 206), headers=headers, stream=True
         )

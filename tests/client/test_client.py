@@ -263,6 +263,20 @@ def test_open_download_ranges(media: MediaClient) -> None:
             pass
 
 
+def test_open_download_if_range(media: MediaClient) -> None:
+    content = os.urandom(1000)
+    item = media.upload_file(io.BytesIO(content), filename="r.bin")
+    assert item.etag is not None
+    with media.open_download(item.id, byte_range=(600, None), if_range=item.etag) as stream:
+        assert stream.status == 206 and b"".join(stream) == content[600:]
+    # Another entity tag: the whole content, as a 200.
+    with media.open_download(item.id, byte_range=(600, None), if_range="0" * 32) as stream:
+        assert stream.status == 200 and b"".join(stream) == content
+    with pytest.raises(ValueError):
+        with media.open_download(item.id, if_range=item.etag):
+            pass
+
+
 # --------------------------------------------------------------------------- search
 
 
