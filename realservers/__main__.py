@@ -1,6 +1,6 @@
 """`python -m realservers install | test | stack`: the make targets behind the real servers.
 
-    install   build or install MinIO, FerretDB, Ceph RGW and nginx (quick when present)
+    install   build or install MinIO, FerretDB, Ceph RGW, nginx and chromium (quick when present)
     test      start them on free loopback ports, run the real-backend suite, stop them
     stack     serve the service on FerretDB + MinIO in the foreground (compose without Docker)
 
@@ -31,7 +31,8 @@ from realservers.install import INSTALLERS, install_all
 from realservers.minio import Minio, start_minio
 
 # The real-backend tests carry these markers (pyproject.toml); the fast suite skips them.
-REAL_MARKERS = "mongo or minio or nginx"
+# The console's browser tests run here too: they need the chromium that `install` brings.
+REAL_MARKERS = "mongo or minio or nginx or browser"
 S3_MARKER = "minio"
 CONTRACT_BUCKET = "media-contract"
 
@@ -194,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m realservers", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     install = commands.add_parser("install", help="install the pinned servers into .tools/")
-    install.add_argument("only", nargs="*", metavar="minio|ferretdb|ceph|nginx", help="all")
+    install.add_argument(
+        "only", nargs="*", metavar="minio|ferretdb|ceph|nginx|chromium", help="all"
+    )
     install.set_defaults(run=command_install)
     test = commands.add_parser("test", help="run the real-backend suite against the servers")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
