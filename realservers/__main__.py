@@ -131,6 +131,8 @@ def command_test(args: argparse.Namespace) -> int:
         common = {
             "MEDIA_TEST_MONGO_URL": ferret.url("media_test"),
             "MEDIA_TOOLS_DIR": str(pins.tools_dir()),
+            # The browser tests' screenshots (tests/browser/conftest.py), kept after the run.
+            "MEDIA_TEST_ARTEFACTS_DIR": str(root / "artefacts"),
         }
         # The second pass needs only what uses the shared S3 endpoint: the fault tests start
         # private MinIO servers of their own and have run in the first.
@@ -143,6 +145,7 @@ def command_test(args: argparse.Namespace) -> int:
             env = {**common, **_s3_env(s3)}
             code, counts = _pytest(marker, env, junit, [*extra, *args.pytest_args])
             results.append((f"-m '{marker}' with S3 on {s3.name}", code, counts))
+    _say(f"console screenshots: {root / 'artefacts' / 'console-artefacts'}")
     failed = False
     for label, code, counts in results:
         _say(f"{label}: exit {code}, {counts}")
