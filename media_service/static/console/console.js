@@ -546,6 +546,7 @@
       ? pendingFile.name + " (" + formatBytes(pendingFile.size) + ")"
       : "Drop a file here or choose one";
     $("drop-zone").classList.toggle("has-file", Boolean(pendingFile));
+    $("upload-form").classList.toggle("has-file", Boolean(pendingFile));
     $("upload-submit").disabled = !pendingFile || Boolean(currentUpload);
   }
 
