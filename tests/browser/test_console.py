@@ -239,6 +239,55 @@ def test_upload_play_edit_and_delete_a_wav(
         shutil.copyfile(desktop, target / "console.png")
 
 
+def search_count(server: LiveServer, auth: tuple[str, str]) -> int:
+    with http_session() as http:
+        response = http.get(
+            f"{server.url}/v3/media",
+            params={"start_time": "2000-01-01T00:00:00.000Z", "page_size": 1},
+            auth=auth,
+            timeout=10,
+        )
+    assert response.status_code == 200, response.text
+    count: int = response.json()["count"]
+    return count
+
+
+def test_upload_progress_and_cancel(
+    browser: BrowserFactory, console_server: LiveServer, account: tuple[str, str], tmp_path: Path
+) -> None:
+    """A slow upload shows its progress; Cancel stops it and no item is left behind."""
+    clip = tmp_path / "long.wav"
+    clip.write_bytes(wav_bytes(60.0))  # 960 kB
+    before = search_count(console_server, account)
+    page = browser()
+    sign_in_basic(page, console_server, *account)
+    page.driver.execute_cdp_cmd("Network.enable", {})
+    page.driver.execute_cdp_cmd(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 64_000},
+    )
+    by_id(page, "file-input").send_keys(str(clip))
+    by_id(page, "upload-submit").click()
+    progress = by_id(page, "upload-progress")
+    wait_for(
+        page,
+        lambda d: 0 < int(progress.get_attribute("value") or 0) < 100,
+        "the progress bar moving",
+    )
+    assert "% · " in by_id(page, "upload-progress-text").text
+    page.screenshot("console-upload-progress")
+    by_id(page, "upload-cancel").click()
+    wait_for(page, lambda d: "Upload cancelled." in by_id(page, "notice").text, "cancelled")
+    assert not by_id(page, "upload-progress-row").is_displayed()
+    assert by_id(page, "upload-submit").is_enabled()  # the file is still chosen: try again
+    page.driver.execute_cdp_cmd(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+    )
+    assert search_count(console_server, account) == before
+    assert_no_script_errors(page)
+
+
 def _readme_screenshot_dir() -> Path | None:
     configured = os.environ.get(README_SCREENSHOT_DIR)
     return Path(configured) if configured else None

@@ -528,7 +528,9 @@
       xhr.addEventListener("error", () =>
         reject(new ApiError(0, {title: "The upload failed", detail: "the connection was lost"})),
       );
-      xhr.addEventListener("abort", () => reject(new ApiError(0, {title: "Upload cancelled"})));
+      xhr.addEventListener("abort", () =>
+        reject(new ApiError(0, {title: "Upload cancelled", cancelled: true})),
+      );
       xhr.send(body);
     });
     return {promise, cancel: () => xhr.abort()};
@@ -578,7 +580,8 @@
       pendingFile = null;
       loadPage(0);
     } catch (error) {
-      failed(error);
+      if (error instanceof ApiError && error.problem.cancelled) notice("Upload cancelled.", "info");
+      else failed(error);
     } finally {
       currentUpload = null;
       show($("upload-cancel"), false);
