@@ -194,6 +194,11 @@ def test_upload_play_edit_and_delete_a_wav(
     assert account[1] not in page.driver.page_source
     status, stored = api_item(console_server, account, item_id)
     assert stored["times_downloaded"] == 1  # the play was one authenticated download
+    wait_for(
+        page,
+        lambda d: card_text(page, item_id, ".badges .downloads") == "1 download",
+        "the count on the card",
+    )
     desktop = page.screenshot("console-desktop")
 
     # Edit the title in the dialog.
@@ -231,6 +236,16 @@ def test_upload_play_edit_and_delete_a_wav(
     by_id(page, "delete-confirm").click()
     wait_for(page, lambda d: item_id not in listed_ids(page), "the item gone from the list")
     assert api_item(console_server, account, item_id)[0] == 404
+
+    # The time window: ending an hour ago, it holds nothing of this test's.
+    page.driver.execute_script(
+        "const hourAgo = new Date(Date.now() - 3600e3);"
+        "hourAgo.setMinutes(hourAgo.getMinutes() - hourAgo.getTimezoneOffset());"
+        "document.getElementById('search-end').value = hourAgo.toISOString().slice(0, 16);"
+    )
+    by_id(page, "search-submit").click()
+    wait_for(page, lambda d: by_id(page, "empty").is_displayed(), "an empty window")
+    assert listed_ids(page) == [] and by_id(page, "summary").text == "0 items · page 1 of 1"
 
     assert_stayed_local(page, console_server)
     assert_no_script_errors(page)

@@ -94,19 +94,22 @@
     return Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
   }
 
-  // datetime-local wants "YYYY-MM-DDTHH:MM:SS" in local time.
+  // datetime-local wants "YYYY-MM-DDTHH:MM" in local time (minutes: the field stays narrow).
   function localInputValue(date) {
     const pad = (n) => String(n).padStart(2, "0");
     return (
       date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate()) +
-      "T" + pad(date.getHours()) + ":" + pad(date.getMinutes()) + ":" + pad(date.getSeconds())
+      "T" + pad(date.getHours()) + ":" + pad(date.getMinutes())
     );
   }
 
-  function isoFromInput(value) {
+  // The window's ends are inclusive: "to 15:16" means up to the end of that minute.
+  function isoFromInput(value, endOfMinute) {
     if (!value) return null;
     const date = new Date(value);
-    return Number.isNaN(date.getTime()) ? null : date.toISOString();
+    if (Number.isNaN(date.getTime())) return null;
+    if (endOfMinute && date.getSeconds() === 0) date.setSeconds(59, 999);
+    return date.toISOString();
   }
 
   function displayName(item) {
@@ -305,7 +308,7 @@
 
   function startSearch() {
     const start = isoFromInput($("search-start").value);
-    const end = isoFromInput($("search-end").value);
+    const end = isoFromInput($("search-end").value, true);
     if (start && end && start > end) {
       notice("The start of the time window is after its end.", "error");
       return;
@@ -377,20 +380,6 @@
     const meta = [item.original_file_name, item.mime_type, formatBytes(item.media_size)]
       .filter(Boolean)
       .join(" · ");
-    const badges = el(
-      "p",
-      {className: "badges"},
-      item.public ? badge("Public", "public") : badge("Private"),
-      item.audio && item.audio.duration_ms !== null && item.audio.duration_ms !== undefined
-        ? badge(formatDuration(item.audio.duration_ms), "duration")
-        : null,
-      item.audio && item.audio.codec ? badge(item.audio.codec.toUpperCase()) : null,
-      badge(
-        item.times_downloaded +
-          (item.max_downloads_allowed ? " / " + item.max_downloads_allowed : "") +
-          (item.times_downloaded === 1 ? " download" : " downloads"),
-      ),
-    );
 
     return el(
       "li",
@@ -407,11 +396,46 @@
         ),
         actions,
       ),
-      badges,
+      renderBadges(item),
       item.description ? el("p", {className: "item-description"}, item.description) : null,
       player,
       renderDetails(item),
     );
+  }
+
+  function renderBadges(item) {
+    const audio = item.audio || {};
+    const hasDuration = audio.duration_ms !== null && audio.duration_ms !== undefined;
+    const limit = item.max_downloads_allowed ? " / " + item.max_downloads_allowed : "";
+    const noun = item.times_downloaded === 1 ? " download" : " downloads";
+    return el(
+      "p",
+      {className: "badges"},
+      item.public ? badge("Public", "public") : badge("Private"),
+      hasDuration ? badge(formatDuration(audio.duration_ms), "duration") : null,
+      audio.codec ? badge(String(audio.codec).toUpperCase()) : null,
+      badge(item.times_downloaded + limit + noun, "downloads"),
+    );
+  }
+
+  function cardOf(id) {
+    return [...$("items").children].find((li) => li.dataset.id === id) || null;
+  }
+
+  // After a play or a download: the item's count moved; show it without redrawing the card
+  // (which would drop its player). The count is cosmetic, so a failure here is ignored.
+  async function refreshBadges(id) {
+    try {
+      const response = await api(API + "/" + encodeURIComponent(id) + "/info", {});
+      const fresh = await response.json();
+      const badges = cardOf(id) && cardOf(id).querySelector(".badges");
+      if (badges && items.has(id)) {
+        items.set(id, fresh);
+        badges.replaceWith(renderBadges(fresh));
+      }
+    } catch (_error) {
+      // Shown again by the next search.
+    }
   }
 
   function renderDetails(item) {
@@ -444,7 +468,7 @@
 
   function replaceItem(item) {
     items.set(item.id, item);
-    const old = $("items").querySelector('li[data-id="' + CSS.escape(item.id) + '"]');
+    const old = cardOf(item.id);
     if (old) old.replaceWith(renderItem(item));
   }
 
@@ -455,6 +479,7 @@
     const blob = await response.blob();
     const url = URL.createObjectURL(blob);
     objectUrls.add(url);
+    refreshBadges(item.id);
     return url;
   }
 
