@@ -148,3 +148,23 @@ def test_the_script_never_builds_markup_from_strings() -> None:
     assert "document.cookie" not in code and "localStorage" not in code
     assert "jwt-token" not in code
     assert 'credentials: "omit"' in code
+
+
+def test_ci_runs_the_browser_tests_after_installing_chromium() -> None:
+    """`make test` leaves the browser tests out; `make test-backends` installs chromium and runs
+    them (a skip fails it), so they cannot silently stop running in CI."""
+    import tomllib
+
+    from realservers import pins
+    from realservers.__main__ import REAL_MARKERS
+    from realservers.install import INSTALLERS
+    from tests.browser.conftest import CHROMEDRIVER, CHROMIUM
+
+    assert "browser" in REAL_MARKERS.split(" or ")
+    assert "chromium" in INSTALLERS
+    assert {"chromium", "chromium-driver"} <= set(pins.CHROMIUM_PACKAGES)
+    assert {str(CHROMIUM), str(CHROMEDRIVER)} == set(pins.CHROMIUM_BINARIES)
+    config = tomllib.loads((ASSETS_DIR.parents[2] / "pyproject.toml").read_text())
+    options = config["tool"]["pytest"]["ini_options"]
+    assert "-m 'not browser'" in options["addopts"]
+    assert any(marker.startswith("browser:") for marker in options["markers"])
