@@ -21,7 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser.conftest import DESKTOP, PHONE, WAIT, Browser, BrowserFactory, wav_bytes
+from tests.browser.conftest import PHONE, WAIT, Browser, BrowserFactory, wav_bytes
 from tests.integration.conftest import LiveServer, http_session, upload
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(180)]
@@ -397,7 +397,7 @@ def test_jwt_sign_in_drop_upload_and_paging_on_a_phone(
     wait_for(page, lambda d: len(listed_ids(page)) == 2, "a page of two")
     assert by_id(page, "summary").text == "3 items · page 1 of 2"
     first_page = listed_ids(page)
-    page.screenshot("console-phone-list")
+    phone = page.screenshot("console-phone-list")
     width = page.driver.execute_script("return document.documentElement.scrollWidth")
     assert width <= PHONE[0], "the phone layout scrolls sideways"
     by_id(page, "next-page").click()
@@ -416,4 +416,6 @@ def test_jwt_sign_in_drop_upload_and_paging_on_a_phone(
 
     assert_stayed_local(page, console_server)
     assert_no_script_errors(page)
-    page.resize(DESKTOP)
+    target = _readme_screenshot_dir()
+    if target is not None:
+        shutil.copyfile(phone, target / "console-phone.png")
