@@ -22,7 +22,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.browser.conftest import PHONE, WAIT, Browser, BrowserFactory, wav_bytes
-from tests.integration.conftest import LiveServer, http_session, upload
+from tests.integration.conftest import LiveServer, create_account, http_session, upload
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -130,6 +130,22 @@ def test_wrong_secret_is_refused_on_the_page(
     # No native login prompt either: the fetch sent credentials "omit".
     with pytest.raises(NoAlertPresentException):
         page.driver.switch_to.alert.text  # noqa: B018
+    assert_no_script_errors(page)
+
+
+def test_a_rotated_secret_signs_the_console_out(
+    browser: BrowserFactory, console_server: LiveServer
+) -> None:
+    """A 401 mid-session (secret rotated, token expired) signs out and says why."""
+    key, secret = create_account(console_server)
+    page = browser()
+    sign_in_basic(page, console_server, key, secret)
+    console_server.cli("accounts", "rotate-secret", "--api-key", key)
+    by_id(page, "search-submit").click()
+    wait_for(page, lambda d: by_id(page, "sign-in").is_displayed(), "signed out")
+    assert "credentials were refused" in by_id(page, "notice").text
+    assert not by_id(page, "workspace").is_displayed()
+    assert listed_ids(page) == []
     assert_no_script_errors(page)
 
 
