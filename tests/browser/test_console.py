@@ -357,6 +357,8 @@ def test_a_stored_title_of_markup_renders_as_text(
     assert counts == [0, 0, 0]
     card.find_element(By.TAG_NAME, "summary").click()
     assert '{"note": "<b>bold</b>"}' in card.find_element(By.TAG_NAME, "dl").text
+    page.driver.execute_script("arguments[0].scrollIntoView()", card)
+    page.screenshot("console-markup-as-text")
     # And in the dialogs: the value of a field, the subject of a confirmation.
     card.find_element(By.CSS_SELECTOR, "button.edit").click()
     assert by_id(page, "edit-title-input").get_attribute("value") == HOSTILE_TITLE

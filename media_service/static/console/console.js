@@ -569,9 +569,11 @@
 
   function selectFile(file) {
     pendingFile = file || null;
-    $("drop-text").textContent = pendingFile
-      ? pendingFile.name + " (" + formatBytes(pendingFile.size) + ")"
-      : "Drop a file here or choose one";
+    if (pendingFile) {
+      $("drop-text").textContent = pendingFile.name + " (" + formatBytes(pendingFile.size) + ")";
+    } else {
+      $("drop-text").replaceChildren("Drop a file here or ", el("u", {}, "choose one"));
+    }
     $("drop-zone").classList.toggle("has-file", Boolean(pendingFile));
     $("upload-form").classList.toggle("has-file", Boolean(pendingFile));
     $("upload-submit").disabled = !pendingFile || Boolean(currentUpload);
