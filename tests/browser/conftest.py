@@ -37,6 +37,7 @@ CHROMIUM_FLAGS = (
     "--no-sandbox",  # root in CI
     "--disable-gpu",
     "--disable-background-networking",
+    "--disable-quic",
     "--disable-dev-shm-usage",
     "--disable-component-update",
     "--disable-default-apps",
