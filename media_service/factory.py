@@ -10,7 +10,7 @@ from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from media_service import __version__
-from media_service.api import content, health, media
+from media_service.api import console, content, health, media
 from media_service.api.openapi import MediaApi
 from media_service.backends import describe, open_backends
 from media_service.context import AppState, install
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, *, backends: Backends | None = 
     api.register_blueprint(media.blp)
     api.register_blueprint(content.blp)
     app.register_blueprint(health.blp)
+    app.register_blueprint(console.blp)
     register_error_handlers(app)  # after Api(): replaces smorest's JSON error handler
     _install_request_ids(app)
     _install_schema_check(app, schema)
@@ -106,7 +107,9 @@ def _install_schema_check(app: Flask, schema: SchemaGuard) -> None:
     @app.before_request
     def _schema_ready() -> None:
         endpoint = request.endpoint or ""
-        if endpoint in _NO_DATABASE_ENDPOINTS or endpoint.startswith(("docs", "api-docs")):
+        if endpoint in _NO_DATABASE_ENDPOINTS or endpoint.startswith(
+            ("docs", "api-docs", "console.")
+        ):
             return
         schema.require()
 

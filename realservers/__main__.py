@@ -1,6 +1,6 @@
 """`python -m realservers install | test | stack`: the make targets behind the real servers.
 
-    install   build or install MinIO, FerretDB, Ceph RGW and nginx (quick when present)
+    install   build or install MinIO, FerretDB, Ceph RGW, nginx and chromium (quick when present)
     test      start them on free loopback ports, run the real-backend suite, stop them
     stack     serve the service on FerretDB + MinIO in the foreground (compose without Docker)
 
@@ -31,7 +31,8 @@ from realservers.install import INSTALLERS, install_all
 from realservers.minio import Minio, start_minio
 
 # The real-backend tests carry these markers (pyproject.toml); the fast suite skips them.
-REAL_MARKERS = "mongo or minio or nginx"
+# The console's browser tests run here too: they need the chromium that `install` brings.
+REAL_MARKERS = "mongo or minio or nginx or browser"
 S3_MARKER = "minio"
 CONTRACT_BUCKET = "media-contract"
 
@@ -130,6 +131,8 @@ def command_test(args: argparse.Namespace) -> int:
         common = {
             "MEDIA_TEST_MONGO_URL": ferret.url("media_test"),
             "MEDIA_TOOLS_DIR": str(pins.tools_dir()),
+            # The browser tests' screenshots (tests/browser/conftest.py), kept after the run.
+            "MEDIA_TEST_ARTEFACTS_DIR": str(root / "artefacts"),
         }
         # The second pass needs only what uses the shared S3 endpoint: the fault tests start
         # private MinIO servers of their own and have run in the first.
@@ -142,6 +145,7 @@ def command_test(args: argparse.Namespace) -> int:
             env = {**common, **_s3_env(s3)}
             code, counts = _pytest(marker, env, junit, [*extra, *args.pytest_args])
             results.append((f"-m '{marker}' with S3 on {s3.name}", code, counts))
+    _say(f"console screenshots: {root / 'artefacts' / 'console-artefacts'}")
     failed = False
     for label, code, counts in results:
         _say(f"{label}: exit {code}, {counts}")
@@ -194,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m realservers", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     install = commands.add_parser("install", help="install the pinned servers into .tools/")
-    install.add_argument("only", nargs="*", metavar="minio|ferretdb|ceph|nginx", help="all")
+    install.add_argument(
+        "only", nargs="*", metavar="minio|ferretdb|ceph|nginx|chromium", help="all"
+    )
     install.set_defaults(run=command_install)
     test = commands.add_parser("test", help="run the real-backend suite against the servers")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")

@@ -120,11 +120,19 @@ def install_nginx() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
+def install_chromium() -> str:
+    """Debian's chromium and chromedriver, for the console's browser tests (tests/browser)."""
+    if not all(Path(binary).exists() for binary in pins.CHROMIUM_BINARIES):
+        _apt_install(pins.CHROMIUM_PACKAGES)
+    return " and ".join(pins.CHROMIUM_BINARIES)
+
+
 INSTALLERS: dict[str, Callable[[], object]] = {
     "minio": install_minio,
     "ferretdb": install_ferretdb,
     "ceph": install_ceph,
     "nginx": install_nginx,
+    "chromium": install_chromium,
 }
 
 

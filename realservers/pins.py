@@ -25,6 +25,9 @@ FERRETDB_VERSION = "v1.24.2"
 CEPH_PACKAGES = ("radosgw", "ceph-mon", "ceph-osd")
 CEPH_RELEASE_LINE = "16.2."
 NGINX_PACKAGES = ("nginx-light",)  # the front door's tests run the real nginx
+# The console's browser tests: headless chromium driven through its chromedriver (same version).
+CHROMIUM_PACKAGES = ("chromium", "chromium-driver")
+CHROMIUM_BINARIES = ("/usr/bin/chromium", "/usr/bin/chromedriver")
 CEPH_BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph")
 
 
