@@ -110,7 +110,7 @@ class MongoQuotas:
                     "$set": {f"holds.{item}": {"bytes": 0, "at": _now()}},
                 },
             )
-        return Reservation.RESERVED if result.modified_count else Reservation.QUOTA_EXCEEDED
+        return Reservation.RESERVED if result.matched_count else Reservation.QUOTA_EXCEEDED
 
     def reserve_bytes(self, account_id: str, item_id: str, size: int) -> Reservation:
         key = records.require_id(account_id, "account_id")
@@ -130,7 +130,7 @@ class MongoQuotas:
                     "$set": {f"holds.{item}.at": _now()},
                 },
             )
-            if result.modified_count:
+            if result.matched_count:
                 return Reservation.RESERVED
             held = self._quotas.find_one(
                 {"_id": key, f"holds.{item}": {"$exists": True}}, {"_id": 1}
@@ -188,7 +188,7 @@ class MongoQuotas:
                 "$set": {f"done.{item}": _now()},
             },
         )
-        return bool(result.modified_count)
+        return bool(result.matched_count)
 
     def heal_quotas(self, now: datetime, stale_before: datetime) -> int:
         stale = records.utc_ms(stale_before, "stale_before")
