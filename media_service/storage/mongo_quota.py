@@ -14,7 +14,7 @@ Releasing (from `remove`, before the document goes) applies the `$inc` and recor
 `done.<item id>` in the same update, whose filter refuses an item already done: a release retried
 after a crash, or run by two removers at once, counts once. `heal_quotas` (the sweeper) settles
 holds whose writer died after mark_ready, releases holds of items that are gone, and drops `done`
-entries of items long gone (an item id is never reused).
+entries of items gone for DONE_KEEP (an item id is never reused).
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ Document = dict[str, Any]
 
 COLLECTION = "account_quotas"
 QUOTA_BYTES = "quota_bytes"  # on an item: the bytes its READY (or DELETING) document holds
-DONE_KEEP = timedelta(hours=1)  # far beyond any writer's bounded timeouts
+# Far beyond any writer's bounded timeouts, and short enough that the entries of a busy
+# account's deletes stay a small part of its document between two sweeps.
+DONE_KEEP = timedelta(minutes=10)
 _TRIES = 50
 
 

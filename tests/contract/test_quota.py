@@ -177,7 +177,9 @@ def test_concurrent_reservations_are_exact(repo: MediaRepository, request: Any) 
     if "mongomock" in request.node.name:
         pytest.skip("mongomock's updates are not atomic across threads (see docs/design.md)")
     if "mongo-real" in request.node.name and mongo_is_ferretdb():
-        pytest.xfail("FerretDB 1.x updates are not atomic across writers (docs/ferretdb.md)")
+        # Not strict: threads of one client may or may not interleave a read and a later write.
+        reason = "FerretDB 1.x updates are not atomic across writers (docs/ferretdb.md)"
+        request.applymarker(pytest.mark.xfail(reason=reason))
     repo.set_quota(ACCOUNT, 1024 * KIB, None)
     items = [pending(repo) for _ in range(20)]
     outcomes: list[Reservation] = []
