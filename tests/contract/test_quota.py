@@ -206,3 +206,30 @@ def test_concurrent_reservations_are_exact(repo: MediaRepository, request: Any) 
     stored = outcomes.count(Reservation.RESERVED)
     assert 1 <= stored <= 10
     assert usage(repo) == (stored * 100 * KIB, stored)
+
+
+def test_sqlite_counts_items_stored_before_quotas_once(tmp_path: Path) -> None:
+    """A database from before quotas gains the column, the table and the trigger at start-up;
+    its READY items are counted once (not its hidden ones), and a second start changes nothing."""
+    db = SqliteDatabase(tmp_path / "media.db")
+    repo = SqliteMediaRepository(db)
+    repo.ensure_schema()
+    for size, state, account in (
+        (10, "ready", ACCOUNT),
+        (20, "ready", ACCOUNT),
+        (40, "ready", "b"),
+    ):
+        repo.insert(make_item(account_id=account, media_size=size, state=ItemState(state)))
+    repo.insert(make_item(media_size=80, state=ItemState.PENDING))
+    with db.transaction(write=True) as conn:  # back to the schema before quotas
+        conn.execute("DROP TRIGGER account_quotas_release")
+        conn.execute("DROP TABLE account_quotas")
+        conn.execute("ALTER TABLE media_items DROP COLUMN quota_bytes")
+    repo.ensure_schema()
+    repo.ensure_schema()
+    assert repo.quota(ACCOUNT) == Quota(ACCOUNT, 0, 0, 30, 2)
+    assert repo.quota("b") == Quota("b", 0, 0, 40, 1)
+    [first] = [row[0] for row in db.fetch("SELECT id FROM media_items WHERE media_size = 10")]
+    assert repo.mark_deleting(first) is not None and repo.remove(first)
+    assert repo.quota(ACCOUNT) == Quota(ACCOUNT, 0, 0, 20, 1)
+    db.close()
