@@ -36,6 +36,7 @@ from media_service.storage.interfaces import (
     Application,
     Backends,
     KeyRemoval,
+    Quota,
     StorageError,
 )
 
@@ -88,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     create_account.set_defaults(handler=_accounts_create)
     _add_account_admin(accounts)
+    set_quota = accounts.add_parser(
+        "set-quota", parents=[_JSON], help="limit the account's bytes and items (0 = unlimited)"
+    )
+    set_quota.add_argument("--api-key", required=True)
+    set_quota.add_argument("--max-bytes", type=_limit, help="total bytes (0 = unlimited)")
+    set_quota.add_argument("--max-items", type=_limit, help="number of items (0 = unlimited)")
+    set_quota.set_defaults(handler=_accounts_set_quota)
 
     applications = commands.add_parser("applications", help="manage applications").add_subparsers(
         dest="action", required=True
@@ -363,15 +371,63 @@ def _accounts_show(args: argparse.Namespace) -> int:
         "enabled": account.enabled,
         "items": usage.items if usage else 0,
         "bytes": usage.bytes if usage else 0,
+        **_quota_record(backends.media.quota(account.api_key)),
         "applications": applications,
     }
     if args.json:
         print(json.dumps(record))
         return 0
-    _print_record({name: value for name, value in record.items() if name != "applications"})
+    nested = ("quota", "usage", "applications")
+    _print_record({name: value for name, value in record.items() if name not in nested})
+    print()
+    _print_record(_flat({name: record[name] for name in ("quota", "usage")}))
     if applications:
         print()
         _print_table([{k: v for k, v in row.items() if k != "api_key"} for row in applications])
+    return 0
+
+
+def _limit(text: str) -> int:
+    """A quota limit on the command line: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError("must be from 0 (unlimited) to 2**63-1")
+    return value
+
+
+def _quota_record(quota: Quota) -> dict[str, object]:
+    # Usage counts uploads in flight too: it is what the limits are checked against.
+    return {
+        "quota": {"max_bytes": quota.max_bytes, "max_items": quota.max_items},
+        "usage": {"bytes": quota.bytes, "items": quota.items},
+    }
+
+
+def _flat(record: dict[str, object]) -> dict[str, object]:
+    """Nested records as `outer.inner` lines, for the plain output."""
+    flat: dict[str, object] = {}
+    for name, value in record.items():
+        if isinstance(value, dict):
+            flat.update((f"{name}.{inner}", item) for inner, item in value.items())
+        else:
+            flat[name] = value
+    return flat
+
+
+def _accounts_set_quota(args: argparse.Namespace) -> int:
+    if args.max_bytes is None and args.max_items is None:
+        raise CliError("give --max-bytes, --max-items or both")
+    backends = _open(args)
+    account = _account(backends, args.api_key)
+    quota = backends.media.set_quota(account.api_key, args.max_bytes, args.max_items)
+    record = {"api_key": account.api_key, **_quota_record(quota)}
+    if args.json:
+        print(json.dumps(record))
+    else:
+        _print_record(_flat(record))
     return 0
 
 

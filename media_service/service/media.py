@@ -37,6 +37,7 @@ from media_service.errors import (
 from media_service.schemas.fields import normalise_mime_type
 from media_service.service.audio import probe_blob
 from media_service.service.disk import DiskGuard
+from media_service.service.quota import QuotaMeter
 from media_service.service.streams import HashingReader, Readable
 from media_service.settings import Settings
 from media_service.storage.interfaces import (
@@ -79,6 +80,7 @@ class StagedUpload:
     head: bytes
     file_name: str | None
     part_content_type: str | None
+    quota: QuotaMeter | None = None  # the account's reservation, settled once READY
 
 
 @dataclass(frozen=True)
@@ -228,12 +230,19 @@ class MediaService:
         )
         self.disk.admit()  # also for url fetches, which have no request body to announce
         self.media.insert(pending)
+        quota = QuotaMeter(self.media, principal.account_id, item_id)
+        try:
+            quota.begin()
+        except BaseException:
+            self._forget(item_id, item_id)
+            raise
         heartbeat = Heartbeat(
             self, item_id, now, timedelta(seconds=self.settings.heartbeat_seconds)
         )
 
         def on_chunk(size: int) -> None:
             self.disk.check_chunk(size)
+            quota.grow(size)  # before the chunk is stored: 403 the moment it would pass
             heartbeat(size)
 
         reader = HashingReader(source, self.settings.max_upload_bytes, on_chunk=on_chunk)
@@ -252,6 +261,7 @@ class MediaService:
             head=reader.head,
             file_name=file_name,
             part_content_type=part_content_type,
+            quota=quota,
         )
 
     def publish_upload(self, staged: StagedUpload, fields: dict[str, Any]) -> MediaItem:
@@ -285,6 +295,8 @@ class MediaService:
         if item is None:  # the sweeper rolled it back: its heartbeat went stale
             self.abandon_upload(staged)
             raise UploadAbandoned()
+        if staged.quota is not None:
+            staged.quota.settle()
         return item
 
     def _examine_audio(self, staged: StagedUpload) -> tuple[AudioFacts | None, bool] | None:

@@ -14,7 +14,8 @@ Safe to run at any time, also beside live traffic, and idempotent:
   logged as an error, never removed: its bytes were lost behind the service's back, and only
   an operator can tell whether to restore them or delete the item (downloads answer 503).
 * a repository that keeps search counts beside its items (MongoDB) settles the count changes of
-  writers that died midway (`heal_counts`).
+  writers that died midway (`heal_counts`), and likewise the quota reservations (`heal_quotas`):
+  removing an item gives its reservation back, exactly once, on every repository.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class SweepReport:
     orphan_blobs_removed: int = 0
     ready_missing_blob: int = 0
     counts_healed: int = 0
+    quotas_healed: int = 0
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -69,6 +71,13 @@ def sweep(
         except StorageError as error:
             report.errors += 1
             log.warning("sweeper could not heal search counts: %s", error)
+    heal_quotas = getattr(backends.media, "heal_quotas", None)
+    if heal_quotas is not None:
+        try:
+            report.quotas_healed = heal_quotas(now, stale_cutoff)
+        except StorageError as error:
+            report.errors += 1
+            log.warning("sweeper could not heal quota reservations: %s", error)
     for item in backends.media.iter_hidden(older_than=stale_cutoff):
         try:
             if item.state is ItemState.PENDING and abort_uploads_of is not None:

@@ -190,6 +190,26 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    """An account's limits (0 = unlimited) and usage: every item holding a reservation, READY
+    ones and uploads in flight, whatever application uploaded it."""
+
+    account_id: str
+    max_bytes: int
+    max_items: int
+    bytes: int
+    items: int
+
+
+class Reservation(enum.Enum):
+    """What a quota reservation did."""
+
+    RESERVED = "reserved"
+    QUOTA_EXCEEDED = "quota_exceeded"  # nothing reserved: it would pass a limit
+    NOT_PENDING = "not_pending"  # nothing reserved: the upload was rolled back meanwhile
+
+
+@dataclass(frozen=True, slots=True)
 class StoredBlob:
     """What a blob store reports after a durable write."""
 
@@ -354,6 +374,34 @@ class MediaRepository(Protocol):
 
     def ping(self) -> None:
         """Raise BackendUnavailable unless the database answers (for /readyz)."""
+        ...
+
+    # Quotas: a usage counter per account, changed only by atomic conditional updates, so that
+    # it is exact across workers and hosts. Removing an item's document (`remove`, whatever its
+    # state) gives its reservation back, exactly once.
+
+    def quota(self, account_id: str) -> Quota:
+        """The account's limits and usage (all zero for an account never counted)."""
+        ...
+
+    def set_quota(self, account_id: str, max_bytes: int | None, max_items: int | None) -> Quota:
+        """Set the limits given (0 = unlimited; None = unchanged); usage stays as it is."""
+        ...
+
+    def reserve_item(self, account_id: str, item_id: str) -> Reservation:
+        """Count one item for a PENDING item just inserted (the first step of an upload)."""
+        ...
+
+    def reserve_bytes(self, account_id: str, item_id: str, size: int) -> Reservation:
+        """Grow a PENDING item's reservation by `size` bytes, unless that passes max_bytes."""
+        ...
+
+    def settle_quota(self, account_id: str, item_id: str, reserved: int) -> None:
+        """Record on an item just made READY that it holds `reserved` bytes (idempotent)."""
+        ...
+
+    def heal_quotas(self, now: datetime, stale_before: datetime) -> int:
+        """Settle or release reservations whose writer died midway (for the sweeper)."""
         ...
 
 

@@ -42,6 +42,7 @@ from media_service.storage.interfaces import (
     Usage,
 )
 from media_service.storage.mongo_indexes import ensure_index
+from media_service.storage.mongo_quota import MongoQuotas
 
 Document = dict[str, Any]
 
@@ -194,8 +195,10 @@ def _downloads_left(maximum: object, times: object) -> int | None:
     return None if not maximum else int(maximum) - int(times)  # type: ignore[call-overload]
 
 
-class MongoMediaRepository(records.StateTransitions):
+class MongoMediaRepository(records.StateTransitions, MongoQuotas):
     """MediaRepository on MongoDB: one document per item, `_id` = item id."""
+
+    _translate = staticmethod(_translated)
 
     def __init__(self, db: MongoDatabase, collection: str = "media_items") -> None:
         self.db = db
@@ -385,6 +388,7 @@ class MongoMediaRepository(records.StateTransitions):
                     self.mark_deleting(item_id)
                     continue
                 self._counts.heal(item_id)  # a dead writer's marks would go with the document
+                self._release_quota(item_id)  # exactly once, however often this is retried
                 if self._items.delete_one({**query, "state": {"$ne": "ready"}}).deleted_count:
                     return True
         raise BackendUnavailable("database", "the item kept changing while being removed")

@@ -34,6 +34,7 @@ from media_service.storage.interfaces import (
     StorageFull,
     Usage,
 )
+from media_service.storage.sqlite_quota import SqliteQuotas, ensure_quota_schema
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -412,6 +413,7 @@ class SqliteDatabase:
                 if statement.strip():
                     conn.execute(statement)
             _add_missing_columns(conn)
+            ensure_quota_schema(conn)
             for trigger in COUNT_TRIGGERS.values():
                 conn.execute(trigger)
             if present < len(_COUNT_OBJECTS):
@@ -467,7 +469,7 @@ def _item(row: sqlite3.Row) -> MediaItem:
     return records.item_from_record(record)
 
 
-class SqliteMediaRepository(records.StateTransitions):
+class SqliteMediaRepository(records.StateTransitions, SqliteQuotas):
     """MediaRepository on SQLite."""
 
     def __init__(self, db: SqliteDatabase) -> None:

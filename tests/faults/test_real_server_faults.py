@@ -11,6 +11,8 @@ gunicorn on them with MEDIA_BACKEND_TIMEOUT=1. What is proved (SPEC §3, §4.1, 
   /readyz says so while /healthz stays 200; restarted, the same service process recovers;
 * a worker SIGKILLed mid-upload to S3, then a sweep: no visible item, no orphan object, no open
   multipart upload.
+In the two upload tests the account's quota usage (issue #13) counts the upload while it streams
+and, after the sweep, equals exactly what is stored.
 """
 
 from __future__ import annotations
@@ -189,14 +191,22 @@ class RawUpload:
         self.sock.close()
 
 
+def quota_matches_what_is_stored(backends: Backends) -> bool:
+    quota = backends.media.quota(API_KEY)
+    items = [item for item in visible_items(backends) if item.account_id == API_KEY]
+    return (quota.bytes, quota.items) == (sum(item.media_size for item in items), len(items))
+
+
 def test_minio_stopped_mid_upload(world: World) -> None:
     """The upload fails 503; MinIO back, the same service uploads again; a sweep leaves nothing."""
+    world.backends.media.set_quota(API_KEY, 100 * MIB, None)
     server = world.serve()
     upload = RawUpload(server, world.auth, 48 * MIB)
     try:
         upload.send(20 * MIB)
         # Parts of 8 MiB are on their way: the multipart upload is open on the server.
         wait_for(lambda: open_multipart_uploads(world.backends) != [], "a multipart upload")
+        assert world.backends.media.quota(API_KEY).bytes >= 8 * MIB  # counted while in flight
         world.minio.kill()
         sender = upload.finish_in_background()
         started = time.monotonic()
@@ -215,7 +225,9 @@ def test_minio_stopped_mid_upload(world: World) -> None:
     assert open_multipart_uploads(world.backends) == []
     assert [item.id for item in all_items(world.backends)] == [created["id"]]
     assert blob_keys(world.backends) == {created["id"]}
+    assert quota_matches_what_is_stored(world.backends)
     assert_consistent(world.backends)
+    assert quota_matches_what_is_stored(world.backends)
 
 
 def test_minio_stopped_mid_download(world: World) -> None:
@@ -327,6 +339,7 @@ def test_ferretdb_stopped_then_both_servers_restarted(world: World) -> None:
 
 def test_worker_killed_mid_upload_to_s3_leaves_nothing_after_a_sweep(world: World) -> None:
     """SIGKILL the worker while parts stream to MinIO: invisible at once, gone after a sweep."""
+    world.backends.media.set_quota(API_KEY, 100 * MIB, None)
     server = world.serve()
     [worker] = server.worker_pids()
     upload = RawUpload(server, world.auth, 48 * MIB)
@@ -334,6 +347,7 @@ def test_worker_killed_mid_upload_to_s3_leaves_nothing_after_a_sweep(world: Worl
         upload.send(20 * MIB)
         wait_for(lambda: open_multipart_uploads(world.backends) != [], "a multipart upload")
         [pending] = all_items(world.backends)
+        assert world.backends.media.quota(API_KEY).bytes >= 8 * MIB  # counted while in flight
         os.kill(worker, signal.SIGKILL)
         wait_for(lambda: worker not in server.worker_pids(), "the killed worker to be reaped")
         wait_for(lambda: len(server.worker_pids()) == 1, "the master to start a new worker")
@@ -353,4 +367,6 @@ def test_worker_killed_mid_upload_to_s3_leaves_nothing_after_a_sweep(world: Worl
     assert all_items(world.backends) == []
     assert blob_keys(world.backends) == set()
     assert open_multipart_uploads(world.backends) == []
+    assert world.backends.media.quota(API_KEY).items == 0
+    assert quota_matches_what_is_stored(world.backends)
     assert_consistent(world.backends)

@@ -567,3 +567,36 @@ def test_s3_get_failing_is_503_and_the_item_survives(s3_app: S3App) -> None:
     got = s3_app.client.get(f"/v3/media/{item_id}", headers=s3_app.owner.basic)
     assert got.status_code == 200 and got.data == CONTENT
     assert_consistent(s3_app.backends)
+
+
+def test_s3_down_mid_multipart_upload_gives_the_reservation_back(s3_app: S3App) -> None:
+    """The deployed S3 adapter on moto: the first part of a 20 MiB upload goes up, then every
+    request fails as a refused connection; 503, and the usage is what is stored."""
+    api_key, mib = s3_app.owner.api_key, 1024 * 1024
+    s3_app.backends.media.set_quota(api_key, 30 * mib, None)
+    assert post_upload(s3_app.client, s3_app.owner.basic, b"a" * 1000).status_code == 201
+    parts = {"sent": 0}
+
+    def down_after_first_part(request: Any, **_: Any) -> None:
+        parts["sent"] += 1
+        if parts["sent"] > 1:
+            raise EndpointConnectionError(endpoint_url=request.url)
+
+    s3_app.hooks.before_send("UploadPart", down_after_first_part)
+    assert_problem(post_upload(s3_app.client, s3_app.owner.basic, b"\x07" * (20 * mib)), 503)
+    assert parts["sent"] > 1
+    assert (
+        quota_usage(s3_app.backends, api_key) == (1000, 1) == ready_usage(s3_app.backends, api_key)
+    )
+    assert_consistent(s3_app.backends)
+    assert quota_usage(s3_app.backends, api_key) == (1000, 1)
+
+
+def quota_usage(backends: Backends, api_key: str) -> tuple[int, int]:
+    quota = backends.media.quota(api_key)
+    return quota.bytes, quota.items
+
+
+def ready_usage(backends: Backends, api_key: str) -> tuple[int, int]:
+    items = [item for item in visible_items(backends) if item.account_id == api_key]
+    return sum(item.media_size for item in items), len(items)
