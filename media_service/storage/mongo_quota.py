@@ -21,13 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from media_service.storage import records
 from media_service.storage.interfaces import BackendUnavailable, Quota, Reservation
+
+if TYPE_CHECKING:
+    from media_service.storage.mongo import MongoDatabase
 
 Document = dict[str, Any]
 
@@ -42,7 +45,7 @@ _TRIES = 50
 class MongoQuotas:
     """The quota methods of MongoMediaRepository (which provides `_items` and `db`)."""
 
-    db: Any  # a MongoDatabase
+    db: MongoDatabase
     _translate: Callable[[], Any]
 
     @property
