@@ -10,8 +10,9 @@ from flask.testing import FlaskClient
 from media_service.service.media import utc_now
 from media_service.service.sweeper import sweep
 from media_service.storage.interfaces import Backends, ItemState, Quota
-from tests.api.media_api_support import assert_nothing_left, assert_problem
+from tests.api.media_api_support import assert_nothing_left
 from tests.conftest import Credentials, Uploader
+from tests.problems import assert_problem
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -7,9 +7,9 @@ from flask.testing import FlaskClient
 
 from media_service.settings import Settings
 from media_service.storage.interfaces import Backends
-from tests.api.media_api_support import assert_problem
 from tests.cli.test_admin import Cli, assert_refused
 from tests.conftest import Credentials, Uploader
+from tests.problems import assert_problem
 
 
 @pytest.fixture

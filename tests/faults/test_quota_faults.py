@@ -33,7 +33,8 @@ from tests.faults.conftest import (
     visible_items,
 )
 from tests.faults.test_sigkill_midupload import start_upload, wait_for
-from tests.faults.test_upload_faults import MULTIPART_TYPE, assert_problem
+from tests.faults.test_upload_faults import MULTIPART_TYPE
+from tests.problems import assert_problem
 
 MIB = 1024 * 1024
 API_KEY = "quotakill"
