@@ -150,6 +150,9 @@ def _accel(
         service.count_download(access)
     response = Response(status=plan.status, headers=headers)
     response.headers["X-Accel-Redirect"] = ACCEL_LOCATION + service.accel_path(access.item)
+    if plan.status == 200:
+        # nginx's range filter adds its own to a whole file (and keeps ours): it would be twice.
+        del response.headers["Accept-Ranges"]
     return response
 
 
