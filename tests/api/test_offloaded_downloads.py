@@ -85,10 +85,16 @@ def _signer(endpoint: str | None) -> Any:
 
 
 def _public_endpoint() -> str:
-    """The real endpoint under another name (localhost for 127.0.0.1): what clients reach."""
+    """The real endpoint under another name (localhost for 127.0.0.1): what clients reach.
+
+    Not on Ceph RGW: it reads a Host other than its rgw_dns_name as a virtual-hosted bucket's
+    name, so there the URL names the endpoint as the service does (signed by the public client).
+    """
     assert real_backends.S3_ENDPOINT
     parts = urlsplit(real_backends.S3_ENDPOINT)
-    host = "localhost" if parts.hostname == "127.0.0.1" else parts.hostname
+    host = parts.hostname
+    if host == "127.0.0.1" and not real_backends.S3_SERVER.startswith("ceph"):
+        host = "localhost"
     return urlunsplit((parts.scheme, f"{host}:{parts.port}", "", "", ""))
 
 
@@ -211,8 +217,10 @@ def test_range_past_byte_zero_is_uncounted_and_its_url_is_bound_to_the_range(
     assert fetched.status_code == 206
     assert fetched.content == CONTENT[1000:]
     if presigned.real:  # moto does not check signatures; real servers must
-        assert _follow(location).status_code == 403  # the whole object, uncounted: no
-        assert _follow(location, {"Range": "bytes=0-"}).status_code == 403
+        # The whole object, uncounted: refused (MinIO says 400, Ceph RGW and AWS 403).
+        for refused in (_follow(location), _follow(location, {"Range": "bytes=0-"})):
+            assert refused.status_code in (400, 403), refused.text[:300]
+            assert CONTENT[:1000] not in refused.content
 
 
 @pytest.mark.parametrize(
