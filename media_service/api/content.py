@@ -45,6 +45,10 @@ ACCEL_LOCATION = "/_media_accel/"
             "description": "Part of the content",
             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
         },
+        "302": {
+            "description": "With MEDIA_DOWNLOAD_REDIRECT=presigned: the content is at Location "
+            "(a presigned URL); counted like a 200"
+        },
         "304": {"description": "Not modified"},
         "401": {"description": "Authentication required for a private item"},
         "403": {"description": "Not allowed, or the anonymous download limit is reached"},
