@@ -38,9 +38,9 @@ from bench.servers import (
     MotoS3,
     ServerFailed,
     _Managed,
-    free_port,
     wait_for_http,
 )
+from realservers.process import free_port
 
 ITEM = 8
 WORKERS = 2

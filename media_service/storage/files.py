@@ -119,8 +119,8 @@ class FileBlobStore:
 
         Safe to put in a URI: check_key admits no separator, no "." or "..", nothing to escape.
         """
-        check_key(key)
-        return f"{key[:2]}/{key}"
+        path = self._path(key)  # checks the key
+        return f"{path.parent.name}/{path.name}"
 
     def put(self, key: str, source: BinaryIO) -> StoredBlob:
         """Copy `source` to a temp file, fsync it, rename it into place, fsync the directory."""

@@ -221,15 +221,14 @@ class S3BlobStore:
             max_pool_connections=_pool_size(),
         )
         # AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL are honoured by botocore itself.
-        region = session.region_name or "us-east-1"
-        client = session.client("s3", region_name=region, config=config)
+        client = session.client("s3", region_name=session.region_name or "us-east-1", config=config)
         presign_client = None
         if settings.download_redirect == "presigned":
             # SigV4 always (botocore would presign with SigV2 in us-east-1, which signs no
             # headers: a Range could not be bound to the URL). No endpoint given: boto3's own.
             presign_client = session.client(
                 "s3",
-                region_name=region,
+                region_name=session.region_name or "us-east-1",
                 endpoint_url=settings.s3_public_endpoint,
                 config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
             )

@@ -9,6 +9,7 @@ tests/integration/test_nginx_offload.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import random
@@ -22,19 +23,14 @@ import requests
 from flask.testing import FlaskClient
 
 from media_service.api.content import ACCEL_LOCATION
+from media_service.backends import open_backends
 from media_service.factory import create_app
 from media_service.settings import ConfigError, Settings
 from media_service.storage.interfaces import Backends, BackendUnavailable
 from media_service.storage.s3 import S3BlobStore
 from tests import real_backends
-from tests.conftest import (
-    REAL_PAIR,
-    Credentials,
-    _mongomock_moto,
-    _sqlite_files,
-    make_settings,
-    provision,
-)
+from tests.conftest import Credentials, make_settings, provision
+from tests.real_backends import REAL_PAIR
 
 CONTENT = random.Random(14).randbytes(300_000)
 MIME = "audio/wav"
@@ -115,18 +111,45 @@ def presigned(
         with real_backends.open_real_pair(settings) as backends:
             yield _offload(settings, backends, rsa_keypair, real=True)
         return
-    for backends in _mongomock_moto(settings):
-        store = backends.blobs
-        assert isinstance(store, S3BlobStore)
-        signed = S3BlobStore(store.client, store.bucket, "items/", presign_client=_signer(None))
-        yield _offload(settings, dataclasses.replace(backends, blobs=signed), rsa_keypair)
+    with _moto_backends() as backends:
+        yield _offload(settings, backends, rsa_keypair)
+
+
+@contextlib.contextmanager
+def _moto_backends() -> Iterator[Backends]:
+    """mongomock + moto, the blob store with a SigV4 signer (as from_settings builds it)."""
+    import mongomock
+    from moto import mock_aws
+
+    from media_service.storage.mongo import (
+        MongoCredentialStore,
+        MongoDatabase,
+        MongoMediaRepository,
+    )
+
+    with mock_aws():
+        client = _signer(None)
+        client.create_bucket(Bucket="media-test")
+        database = MongoDatabase.wrap(mongomock.MongoClient(tz_aware=True)["media"])
+        backends = Backends(
+            blobs=S3BlobStore(client, "media-test", "items/", presign_client=_signer(None)),
+            media=MongoMediaRepository.from_database(database),
+            credentials=MongoCredentialStore.from_database(database),
+        )
+        backends.media.ensure_schema()
+        backends.credentials.ensure_schema()
+        yield backends
 
 
 @pytest.fixture
 def accel(tmp_path: Path, rsa_keypair: tuple[str, str]) -> Iterator[Offload]:
     settings = make_settings(tmp_path, download_redirect="accel")
-    for backends in _sqlite_files(settings):
+    backends = open_backends(settings)
+    try:
         yield _offload(settings, backends, rsa_keypair)
+    finally:
+        for closer in backends.closers:
+            closer.close()  # type: ignore[attr-defined]
 
 
 def _offload(
