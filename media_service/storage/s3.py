@@ -232,19 +232,7 @@ class S3BlobStore:
                 endpoint_url=settings.s3_public_endpoint,
                 config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
             )
-        store = cls(client, url.netloc, unquote(url.path), presign_client=presign_client)
-        if settings.download_redirect == "presigned":
-            store.check_presigning()
-        return store
-
-    def check_presigning(self) -> None:
-        """Raise ConfigError unless URLs can be signed (credentials are found): at start-up."""
-        try:
-            self.presigned_url("start-up-check", 60)
-        except BackendUnavailable as exc:
-            raise ConfigError(
-                f"MEDIA_DOWNLOAD_REDIRECT=presigned: cannot sign S3 URLs ({exc.detail})"
-            ) from None
+        return cls(client, url.netloc, unquote(url.path), presign_client=presign_client)
 
     def presigned_url(
         self,

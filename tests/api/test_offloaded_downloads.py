@@ -434,4 +434,4 @@ def test_presigned_without_credentials_is_refused_at_start_up(
         tmp_path, storage_url="s3://media/items", download_redirect="presigned"
     )
     with pytest.raises(ConfigError, match="presigned: cannot sign S3 URLs"):
-        S3BlobStore.from_settings(settings)
+        open_backends(settings)
