@@ -435,3 +435,15 @@ def test_presigned_without_credentials_is_refused_at_start_up(
     )
     with pytest.raises(ConfigError, match="presigned: cannot sign S3 URLs"):
         open_backends(settings)
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "ab/../../x", "..", ".hidden", "a/b", ""])
+def test_the_accel_path_admits_server_keys_only(tmp_path: Path, key: str) -> None:
+    from media_service.storage.files import FileBlobStore
+
+    store = FileBlobStore(tmp_path)
+    assert store.relative_path("3f2a9c1e-0000-4000-8000-000000000000") == (
+        "3f/3f2a9c1e-0000-4000-8000-000000000000"
+    )
+    with pytest.raises(ValueError):
+        store.relative_path(key)
