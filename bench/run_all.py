@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from bench import limits, report, search, small_requests, transfers
+from bench import limits, offload, report, search, small_requests, transfers
 from bench.measure import Figure, RunContext, machine, machine_line
 from bench.profiling import Profiler
 from bench.servers import REPO_ROOT
@@ -44,6 +44,7 @@ SCENARIOS: list[tuple[frozenset[int], str, Callable[[RunContext], list[Figure]]]
     (frozenset({5}), "item 5: small requests", small_requests.run),
     (frozenset({6}), "item 6: search latency", search.run),
     (frozenset({7}), "item 7: exact-limit downloads", limits.run),
+    (frozenset({8}), "item 8: offloaded downloads, proxied vs offloaded", offload.run),
 ]
 BUDGET_SECONDS = 15 * 60
 
@@ -53,8 +54,8 @@ def _parse_items(text: str) -> frozenset[int]:
         items = frozenset(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected item numbers like 1,5: {text!r}") from None
-    if not items or not items <= set(range(1, 8)):
-        raise argparse.ArgumentTypeError("items are numbered 1 to 7")
+    if not items or not items <= set(range(1, 9)):
+        raise argparse.ArgumentTypeError("items are numbered 1 to 8")
     return items
 
 
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, one alternation")
     parser.add_argument(
-        "--only", type=_parse_items, metavar="ITEMS", help="comma-separated item numbers (1-7)"
+        "--only", type=_parse_items, metavar="ITEMS", help="comma-separated item numbers (1-8)"
     )
     parser.add_argument(
         "--rounds", type=int, help="alternations of the cheap pairs and wrk runs (default 5)"
@@ -111,7 +112,7 @@ def _software() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    items = args.only or frozenset(range(1, 8))
+    items = args.only or frozenset(range(1, 9))
     full_run = args.only is None and not args.quick
     started_at = datetime.now(UTC)
     started = time.monotonic()

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import re
 
-from media_service.settings import Settings
-from media_service.storage.interfaces import Backends, BlobStore
+from media_service.settings import ConfigError, Settings
+from media_service.storage.interfaces import (
+    Backends,
+    BackendUnavailable,
+    BlobStore,
+    PresigningBlobStore,
+)
 
 
 def open_backends(settings: Settings, *, ensure_schema: bool = True) -> Backends:
@@ -52,7 +57,20 @@ def _open_blob_store(settings: Settings) -> BlobStore:
         return FileBlobStore.from_settings(settings)
     from media_service.storage.s3 import S3BlobStore
 
-    return S3BlobStore.from_settings(settings)
+    store = S3BlobStore.from_settings(settings)
+    if settings.download_redirect == "presigned":
+        _check_presigning(store)
+    return store
+
+
+def _check_presigning(store: PresigningBlobStore) -> None:
+    """Refuse to start in presigned mode when no URL can be signed (no S3 credentials)."""
+    try:
+        store.presigned_url("start-up-check", 60)  # local: signing sends nothing
+    except BackendUnavailable as exc:
+        raise ConfigError(
+            f"MEDIA_DOWNLOAD_REDIRECT=presigned: cannot sign S3 URLs ({exc.detail})"
+        ) from None
 
 
 def describe(settings: Settings) -> dict[str, str]:

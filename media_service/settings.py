@@ -11,6 +11,8 @@ from urllib.parse import unquote, urlsplit
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 DEFAULT_MIN_FREE_BYTES = 256 * 1024 * 1024
 DEFAULT_SQLITE_SPARE_BYTES = 8 * 1024 * 1024
+DOWNLOAD_REDIRECT_MODES = ("off", "presigned", "accel")
+MAX_PRESIGNED_TTL = 7 * 24 * 3600  # the longest a SigV4 presigned URL may be valid
 
 
 class ConfigError(ValueError):
@@ -45,6 +47,11 @@ class Settings:
     upload_min_rate: int = 2048  # bytes/s an upload body must average after the window; 0: off
     upload_rate_window: float = 30.0  # seconds of grace before the minimum rate applies
     log_level: str = "INFO"
+    # Offloaded downloads: "presigned" answers a GET with a 302 to S3, "accel" hands the bytes of
+    # the file store to nginx (X-Accel-Redirect); "off" streams them through the service.
+    download_redirect: str = "off"
+    download_redirect_ttl: int = 60  # seconds a presigned URL stays valid
+    s3_public_endpoint: str | None = None  # the S3 endpoint clients reach, for presigned URLs
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -92,6 +99,14 @@ class Settings:
             log_level=_choice(
                 env, "MEDIA_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
+            download_redirect=_choice(
+                env,
+                "MEDIA_DOWNLOAD_REDIRECT",
+                "OFF",
+                tuple(mode.upper() for mode in DOWNLOAD_REDIRECT_MODES),
+            ).lower(),
+            download_redirect_ttl=_int(env, "MEDIA_DOWNLOAD_REDIRECT_TTL", 60, 1),
+            s3_public_endpoint=_optional_base_url(env, "MEDIA_S3_PUBLIC_ENDPOINT"),
         )
         settings.validate()
         return settings
@@ -133,6 +148,31 @@ class Settings:
             )
         if self.backend_timeout <= 0:
             raise ConfigError("MEDIA_BACKEND_TIMEOUT: must be > 0 seconds")
+        self._validate_download_redirect(st.scheme)
+
+    def _validate_download_redirect(self, store: str) -> None:
+        """Each offloading mode needs its own store: refuse a mismatch at start-up."""
+        mode = self.download_redirect
+        if mode not in DOWNLOAD_REDIRECT_MODES:
+            raise ConfigError(
+                f"MEDIA_DOWNLOAD_REDIRECT: expected one of {', '.join(DOWNLOAD_REDIRECT_MODES)}, "
+                f"got {mode!r}"
+            )
+        if mode == "presigned" and store != "s3":
+            raise ConfigError(
+                "MEDIA_DOWNLOAD_REDIRECT=presigned needs an s3:// MEDIA_STORAGE_URL "
+                f"(the store is {store}://); use accel with a file store behind nginx"
+            )
+        if mode == "accel" and store != "file":
+            raise ConfigError(
+                "MEDIA_DOWNLOAD_REDIRECT=accel needs a file:// MEDIA_STORAGE_URL "
+                f"(the store is {store}://); use presigned with S3"
+            )
+        if not 1 <= self.download_redirect_ttl <= MAX_PRESIGNED_TTL:
+            raise ConfigError(
+                f"MEDIA_DOWNLOAD_REDIRECT_TTL: must be between 1 and {MAX_PRESIGNED_TTL} seconds "
+                f"(SigV4's limit), got {self.download_redirect_ttl}"
+            )
 
 
 def local_volumes(settings: Settings) -> dict[str, Path]:

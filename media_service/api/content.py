@@ -10,11 +10,13 @@ from flask_smorest import Blueprint
 from werkzeug.wsgi import wrap_file
 
 from media_service.api.common import MEDIA_PREFIX, optional_principal, parse_item_id
-from media_service.context import media_service
+from media_service.context import media_service, settings
 from media_service.errors import problem_response
 from media_service.http.conditional import DownloadPlan, Representation, evaluate, format_etag
 from media_service.http.dates import format_http_date
 from media_service.http.disposition import content_disposition
+from media_service.http.offload import Redirect, counts, offloadable, presigned_redirect
+from media_service.service.media import DownloadAccess, MediaService
 from media_service.storage.interfaces import BlobStream, MediaItem
 
 blp = Blueprint("content", __name__, url_prefix=MEDIA_PREFIX, description="Download media content.")
@@ -22,6 +24,8 @@ blp = Blueprint("content", __name__, url_prefix=MEDIA_PREFIX, description="Downl
 CHUNK = 1024 * 1024
 # A sandboxed, script-less document: user content never runs as this origin's page.
 CONTENT_SECURITY_POLICY = "sandbox; default-src 'none'"
+# nginx's internal location for MEDIA_DOWNLOAD_REDIRECT=accel (config/nginx/media.conf).
+ACCEL_LOCATION = "/_media_accel/"
 
 
 @blp.route("/<item_id>", methods=["GET", "HEAD"])
@@ -40,6 +44,10 @@ CONTENT_SECURITY_POLICY = "sandbox; default-src 'none'"
         "206": {
             "description": "Part of the content",
             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        "302": {
+            "description": "With MEDIA_DOWNLOAD_REDIRECT=presigned: the content is at Location "
+            "(a presigned URL); counted like a 200"
         },
         "304": {"description": "Not modified"},
         "401": {"description": "Authentication required for a private item"},
@@ -88,6 +96,14 @@ def download(item_id: str) -> Any:
         response.headers["Content-Length"] = str(plan.length)
         return response
 
+    mode = settings().download_redirect
+    if mode == "presigned":
+        redirect = presigned_redirect(plan, request.headers)
+        if redirect is not None:
+            return _presigned(service, access, headers, redirect)
+    elif mode == "accel" and offloadable(plan, request.headers):
+        return _accel(service, access, plan, headers)
+
     stream = service.open_content(item, plan.start, plan.length)
     try:
         if plan.status == 200 or plan.start == 0:
@@ -102,6 +118,45 @@ def download(item_id: str) -> Any:
         direct_passthrough=True,
     )
     response.headers["Content-Length"] = str(plan.length)
+    return response
+
+
+def _presigned(
+    service: MediaService, access: DownloadAccess, headers: dict[str, str], redirect: Redirect
+) -> Response:
+    """302 to S3: signed (nothing counted if that fails), checked, counted once, not cached."""
+    url = service.presigned_download_url(
+        access.item,
+        response_headers={
+            name: headers[name] for name in ("Content-Type", "Content-Disposition", "Cache-Control")
+        },
+        byte_range=redirect.signed_range,
+    )
+    # The bytes exist before a count is spent on them (one HeadObject, as a HEAD does).
+    service.check_content(access.item)
+    if redirect.counted:
+        service.count_download(access)
+    response = Response(status=302)
+    for name in ("ETag", "Last-Modified", "Vary", "X-Content-Type-Options"):
+        response.headers[name] = headers[name]
+    response.headers["Location"] = url
+    # Every 302 is one counted download: no cache may answer a later request with it.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _accel(
+    service: MediaService, access: DownloadAccess, plan: DownloadPlan, headers: dict[str, str]
+) -> Response:
+    """Today's answer without its body: nginx sends the file named by X-Accel-Redirect."""
+    service.check_content(access.item)  # a stat: a lost file is the service's 503, not nginx's 404
+    if counts(plan):
+        service.count_download(access)
+    response = Response(status=plan.status, headers=headers)
+    response.headers["X-Accel-Redirect"] = ACCEL_LOCATION + service.accel_path(access.item)
+    if plan.status == 200:
+        # nginx's range filter adds its own to a whole file (and keeps ours): it would be twice.
+        del response.headers["Accept-Ranges"]
     return response
 
 

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import puremagic
 
@@ -47,7 +47,9 @@ from media_service.storage.interfaces import (
     BlobStream,
     CountOutcome,
     ItemState,
+    LocalBlobStore,
     MediaItem,
+    PresigningBlobStore,
     SearchPage,
     SearchQuery,
     SearchScope,
@@ -381,6 +383,27 @@ class MediaService:
     def check_content(self, item: MediaItem) -> None:
         """Fail as open_content would, reading nothing: HEAD must answer what GET answers."""
         self.open_content(item, 0, 0).close()
+
+    def presigned_download_url(
+        self,
+        item: MediaItem,
+        *,
+        response_headers: dict[str, str],
+        byte_range: str | None = None,
+    ) -> str:
+        """A URL of the item's bytes on S3, valid for MEDIA_DOWNLOAD_REDIRECT_TTL seconds."""
+        store = cast(PresigningBlobStore, self.blobs)  # Settings.validate: presigned means S3
+        return store.presigned_url(
+            item.store_key,
+            self.settings.download_redirect_ttl,
+            response_headers=response_headers,
+            byte_range=byte_range,
+        )
+
+    def accel_path(self, item: MediaItem) -> str:
+        """The item's file below the file store's root, for nginx's X-Accel-Redirect."""
+        store = cast(LocalBlobStore, self.blobs)  # Settings.validate: accel means files
+        return store.relative_path(item.store_key)
 
     def _missing_content(self, item: MediaItem) -> ApiError:
         current = self.media.get(item.id)

@@ -106,6 +106,14 @@ class FileBlobStore:
         check_blob_key(key)
         return self.root / key[:2] / key
 
+    def relative_path(self, key: str) -> str:
+        """The blob's path below the root, for nginx's X-Accel-Redirect: `ab/abcd…`.
+
+        Safe to put in a URI: check_key admits no separator, no "." or "..", nothing to escape.
+        """
+        path = self._path(key)  # checks the key
+        return f"{path.parent.name}/{path.name}"
+
     def put(self, key: str, source: BinaryIO) -> StoredBlob:
         """Copy `source` to a temp file, fsync it, rename it into place, fsync the directory."""
         final = self._path(key)

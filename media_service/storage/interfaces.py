@@ -290,6 +290,35 @@ class BlobStore(Protocol):
 
 
 @runtime_checkable
+class PresigningBlobStore(Protocol):
+    """A blob store whose clients can fetch an object themselves with a signed URL (S3)."""
+
+    def presigned_url(
+        self,
+        key: str,
+        ttl: int,
+        *,
+        response_headers: dict[str, str] | None = None,
+        byte_range: str | None = None,
+    ) -> str:
+        """A GET URL of the blob valid for `ttl` seconds, answering with `response_headers`.
+
+        With `byte_range` (a Range header value) the URL works only with that exact header.
+        Raises BackendUnavailable when no URL can be signed (no credentials).
+        """
+        ...
+
+
+@runtime_checkable
+class LocalBlobStore(Protocol):
+    """A blob store of files that a web server in front may send itself (nginx X-Accel)."""
+
+    def relative_path(self, key: str) -> str:
+        """The blob's path below the store's root, made of safe URI characters only."""
+        ...
+
+
+@runtime_checkable
 class MediaRepository(Protocol):
     """Metadata documents. Every method is one atomic operation on the database."""
 

@@ -21,6 +21,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    NoCredentialsError,
 )
 
 from media_service.settings import Settings
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
 CHUNK_SIZE = 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 _MISSING = {"NoSuchKey", "NotFound", "404"}
+# Response headers a presigned GetObject URL can set, by header name.
+_RESPONSE_OVERRIDES = {
+    "content-type": "ResponseContentType",
+    "content-disposition": "ResponseContentDisposition",
+    "cache-control": "ResponseCacheControl",
+}
 
 
 def _transfer_config() -> TransferConfig:
@@ -165,12 +172,22 @@ class S3BlobStore:
 
     store_id = "s3"
 
-    def __init__(self, client: S3Client, bucket: str, prefix: str = "") -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        prefix: str = "",
+        *,
+        presign_client: S3Client | None = None,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         prefix = prefix.strip("/")
         self.prefix = f"{prefix}/" if prefix else ""
         self._transfer = _transfer_config()
+        # Signs download URLs (with SigV4) for the endpoint clients reach, which may not be the
+        # one the service talks to. Signing is local: this client never connects.
+        self._presign_client = presign_client or client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3BlobStore:
@@ -189,7 +206,45 @@ class S3BlobStore:
         )
         # AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL are honoured by botocore itself.
         client = session.client("s3", region_name=session.region_name or "us-east-1", config=config)
-        return cls(client, url.netloc, unquote(url.path))
+        presign_client = None
+        if settings.download_redirect == "presigned":
+            # SigV4 always (botocore would presign with SigV2 in us-east-1, which signs no
+            # headers: a Range could not be bound to the URL). No endpoint given: boto3's own.
+            presign_client = session.client(
+                "s3",
+                region_name=session.region_name or "us-east-1",
+                endpoint_url=settings.s3_public_endpoint,
+                config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
+            )
+        return cls(client, url.netloc, unquote(url.path), presign_client=presign_client)
+
+    def presigned_url(
+        self,
+        key: str,
+        ttl: int,
+        *,
+        response_headers: dict[str, str] | None = None,
+        byte_range: str | None = None,
+    ) -> str:
+        """A GET URL of the object valid for `ttl` seconds, signed for the public endpoint.
+
+        `response_headers` become S3's response overrides (`Content-Type` ->
+        `response-content-type`, ...). A `byte_range` is signed as a header: the URL then works
+        only with exactly that Range header, so it cannot fetch more than the range.
+        """
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._object_key(key)}
+        for name, value in (response_headers or {}).items():
+            params[_RESPONSE_OVERRIDES[name.lower()]] = value
+        if byte_range is not None:
+            params["Range"] = byte_range
+        try:
+            return self._presign_client.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=ttl
+            )
+        except NoCredentialsError as exc:
+            raise BackendUnavailable("blob store", f"presigning: {exc}") from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, "presigning") from exc
 
     def close(self) -> None:
         """Close the client's connection pool."""

@@ -87,8 +87,13 @@ class FrontDoor:
                 self.process.wait(10)
 
 
-def start_nginx(root: Path, upstream_port: int) -> FrontDoor:
-    """Render media.conf for loopback and run nginx in the foreground until stopped."""
+def start_nginx(
+    root: Path, upstream_port: int, replacements: dict[str, str] | None = None
+) -> FrontDoor:
+    """Render media.conf for loopback and run nginx in the foreground until stopped.
+
+    `replacements`: more text of media.conf to replace (each must occur once).
+    """
     assert NGINX is not None
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -98,6 +103,8 @@ def start_nginx(root: Path, upstream_port: int) -> FrontDoor:
     site = replace_once(
         site, "client_header_timeout 20s;", f"client_header_timeout {TEST_HEADER_TIMEOUT}s;"
     )
+    for old, new in (replacements or {}).items():
+        site = replace_once(site, old, new)
     (root / "media.conf").write_text(site)
     temp = {name: root / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for path in temp.values():
