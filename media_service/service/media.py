@@ -211,13 +211,17 @@ class MediaService:
             return now + timedelta(seconds=default) if default else None
         if expiry.ttl_seconds is not None:
             return now + timedelta(seconds=expiry.ttl_seconds)
-        if expiry.at is not None and expiry.at <= now:
+        if expiry.at is None:
+            return None
+        # At the precision stores keep: a sub-millisecond future would be stored as now.
+        at = expiry.at.replace(microsecond=expiry.at.microsecond // 1000 * 1000)
+        if at <= now:
             reason = "Must be in the future."
             raise ValidationFailed(
                 f"Invalid value for: expires_at ({reason})",
                 invalid_parameters=[{"name": "expires_at", "reason": reason}],
             )
-        return expiry.at
+        return at
 
     # ------------------------------------------------------------------ upload
 

@@ -150,6 +150,8 @@ def test_upload_refuses_an_expires_at_that_is_now(
         upload(owner.basic, CONTENT, expires_at=iso(clock.now)), 400, names=["expires_at"]
     )
     assert_nothing_left(client, backends, owner.basic)
+    almost = (clock.now + MS / 2).isoformat()  # stored at milliseconds: that would be now
+    assert_problem(upload(owner.basic, CONTENT, expires_at=almost), 400, names=["expires_at"])
     later = created(upload(owner.basic, CONTENT, expires_at=iso(clock.now + MS)))
     assert later["expires_at"] == iso(clock.now + MS)
 
