@@ -528,7 +528,7 @@ class SqliteMediaRepository(records.StateTransitions):
         params = _sql_values(values) | {"_id": records.require_id(item_id), "_from": from_state}
         where = "id = :_id AND state = :_from"
         if live_at is not None:
-            where += f" AND {_LIVE.replace(':now', ':_live')}"
+            where += f" AND {_live('_live')}"
             params["_live"] = to_ms(live_at)
         if expired_by is not None:
             where += " AND expires_at <= :_expired"
@@ -697,9 +697,10 @@ def _scope_filter(query: SearchQuery) -> tuple[list[str], dict[str, object]]:
     return [*clauses, "state = 'ready'"], params
 
 
-# Not expired at :now. Judged in every read that lists items, so an expired item is gone at
-# once, whether or not the sweeper has removed it yet.
-_LIVE = "(expires_at IS NULL OR expires_at > :now)"
+def _live(param: str) -> str:
+    """Not expired at the instant bound to `:param`. Judged in every read that lists items, so
+    an expired item is gone at once, whether or not the sweeper has removed it yet."""
+    return f"(expires_at IS NULL OR expires_at > :{param})"
 
 
 def search_filter(query: SearchQuery) -> tuple[str, dict[str, object]]:
@@ -712,7 +713,7 @@ def search_filter(query: SearchQuery) -> tuple[str, dict[str, object]]:
         params["end"] = to_ms(end)
         clauses.append("time_created <= :end")
     params["now"] = to_ms(records.query_now(query))
-    clauses.append(_LIVE)
+    clauses.append(_live("now"))
     return " AND ".join(clauses), params
 
 
