@@ -8,11 +8,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
 
 from media_service.backends import open_backends
 from media_service.cli import main
@@ -20,6 +23,7 @@ from media_service.service.media import utc_now
 from media_service.service.sweeper import SweepReport, sweep
 from media_service.settings import Settings
 from media_service.storage.interfaces import Backends, ItemState, MediaItem
+from tests.conftest import Credentials
 from tests.faults.conftest import FaultyProxy, all_items, assert_consistent, blob_keys, make_item
 
 GRACE = timedelta(hours=1)
@@ -119,3 +123,60 @@ def test_cli_sweep_reports_how_many_expired_items_it_removed(
     finally:
         for closer in backends.closers:
             closer.close()  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- beside traffic
+
+
+def test_sweeping_expired_items_is_safe_beside_uploads_and_downloads(
+    client: FlaskClient, owner: Credentials, backends: Backends
+) -> None:
+    """A sweeper loops on the real clock while items with a 1 s ttl and items without one are
+    uploaded and read: it removes exactly the expired ones, every kept item stays intact, and a
+    read either gets the whole content or a 404 (never a 500, never a torn body)."""
+    stop = threading.Event()
+    reports: list[SweepReport] = []
+    failures: list[BaseException] = []
+
+    def sweep_forever() -> None:
+        try:
+            while not stop.is_set():
+                reports.append(sweep(backends, now=utc_now(), grace=GRACE))
+        except BaseException as error:  # surfaced by the main thread
+            failures.append(error)
+
+    sweeper = threading.Thread(target=sweep_forever, name="sweeper", daemon=True)
+    sweeper.start()
+    kept: dict[str, bytes] = {}
+    expiring: dict[str, bytes] = {}
+    try:
+        for number in range(16):
+            content = os.urandom(1024 + number)
+            fields = {"ttl": "1"} if number % 2 == 0 else {}
+            response = client.post(
+                "/v3/media",
+                data={"filedata": (io.BytesIO(content), f"{number}.bin"), **fields},
+                headers=owner.basic,
+                content_type="multipart/form-data",
+            )
+            assert response.status_code == 201, response.get_json()
+            (expiring if fields else kept)[response.get_json()["id"]] = content
+            for item_id, expected in list(expiring.items())[-3:]:
+                got = client.get(f"/v3/media/{item_id}", headers=owner.basic)
+                assert got.status_code in (200, 404), got.get_data()[:300]
+                assert got.status_code == 404 or got.data == expected
+        time.sleep(1.2)  # the last ttl item has expired; let the sweeper see it
+        deadline = time.monotonic() + 10
+        while any(backends.media.get(i, include_hidden=True) for i in expiring):
+            assert time.monotonic() < deadline, "the sweeper left expired items behind"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        sweeper.join(timeout=30)
+    assert not failures, failures
+    assert all(report.errors == 0 for report in reports), reports
+    assert sum(report.expired_removed for report in reports) == len(expiring)
+    for item_id, content in kept.items():
+        assert client.get(f"/v3/media/{item_id}", headers=owner.basic).data == content
+    assert {item.id for item in all_items(backends)} == set(kept)
+    assert blob_keys(backends) == set(kept)
