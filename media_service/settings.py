@@ -13,6 +13,7 @@ DEFAULT_MIN_FREE_BYTES = 256 * 1024 * 1024
 DEFAULT_SQLITE_SPARE_BYTES = 8 * 1024 * 1024
 DOWNLOAD_REDIRECT_MODES = ("off", "presigned", "accel")
 MAX_PRESIGNED_TTL = 7 * 24 * 3600  # the longest a SigV4 presigned URL may be valid
+MAX_TTL_SECONDS = 315_360_000  # ten years of 365 days: the longest ttl anyone may set
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,8 @@ class Settings:
     sqlite_spare_bytes: int = DEFAULT_SQLITE_SPARE_BYTES
     upload_min_rate: int = 2048  # bytes/s an upload body must average after the window; 0: off
     upload_rate_window: float = 30.0  # seconds of grace before the minimum rate applies
+    # New items that set neither ttl nor expires_at expire this many seconds after upload; 0: never.
+    default_ttl_seconds: int = 0
     log_level: str = "INFO"
     # Offloaded downloads: "presigned" answers a GET with a 302 to S3, "accel" hands the bytes of
     # the file store to nginx (X-Accel-Redirect); "off" streams them through the service.
@@ -94,6 +97,7 @@ class Settings:
             upload_min_rate=_int(env, "MEDIA_UPLOAD_MIN_RATE", 2048, 0),
             upload_rate_window=_float(env, "MEDIA_UPLOAD_RATE_WINDOW", 30.0),
             upload_stale_seconds=_int(env, "MEDIA_UPLOAD_STALE_SECONDS", 900, 10),
+            default_ttl_seconds=_int(env, "MEDIA_DEFAULT_TTL", 0, 0),
             min_free_bytes=_int(env, "MEDIA_MIN_FREE_BYTES", DEFAULT_MIN_FREE_BYTES, 0),
             sqlite_spare_bytes=_int(env, "MEDIA_SQLITE_SPARE_BYTES", DEFAULT_SQLITE_SPARE_BYTES, 0),
             log_level=_choice(
@@ -148,6 +152,8 @@ class Settings:
             )
         if self.backend_timeout <= 0:
             raise ConfigError("MEDIA_BACKEND_TIMEOUT: must be > 0 seconds")
+        if not 0 <= self.default_ttl_seconds <= MAX_TTL_SECONDS:
+            raise ConfigError(f"MEDIA_DEFAULT_TTL: must be 0 (never) to {MAX_TTL_SECONDS} seconds")
         self._validate_download_redirect(st.scheme)
 
     def _validate_download_redirect(self, store: str) -> None:

@@ -22,6 +22,7 @@ from media_service.api.upload import receive_upload
 from media_service.context import media_service
 from media_service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from media_service.http.dates import format_iso_millis
+from media_service.schemas.expiry import TTL_MAX_SECONDS, TTL_MIN_SECONDS
 from media_service.schemas.media import (
     MediaItemSchema,
     ProblemSchema,
@@ -87,6 +88,8 @@ _UPLOAD_FIELDS: dict[str, dict[str, object]] = {
     "description": {"type": "string"},
     "mime_type": {"type": "string"},
     "max_downloads_allowed": {"type": "integer", "minimum": 0},
+    "ttl": {"type": "integer", "minimum": TTL_MIN_SECONDS, "maximum": TTL_MAX_SECONDS},
+    "expires_at": {"type": "string", "format": "date-time"},
 }
 
 
@@ -96,6 +99,8 @@ _UPLOAD_FIELDS: dict[str, dict[str, object]] = {
     description=(
         "multipart/form-data with the file in `filedata` (or `file`), or a `url` to fetch; "
         "or application/x-www-form-urlencoded with a `url` (what `curl -d url=...` sends). "
+        "`ttl` (seconds) or `expires_at` (ISO 8601, in the future) make the item expire; "
+        "with neither, MEDIA_DEFAULT_TTL applies. "
         "Answers 201 with the item and a Location header pointing at its /info."
     ),
     requestBody={
@@ -219,6 +224,7 @@ def item_json(item: MediaItem) -> dict[str, Any]:
         "media_size": _integer(item.media_size),
         "time_created": _iso(item.time_created),
         "time_last_updated": _iso(item.time_last_updated),
+        "expires_at": _iso(item.expires_at),
         "public": bool(item.public),  # fields.Boolean of a bool
         "public_item": item.public,
         "metadata_primary": _text(item.metadata_primary),
@@ -258,7 +264,8 @@ UPDATE_DOC = {
     "summary": "Update a media item's metadata",
     "description": (
         "JSON, form or multipart body with any of the updatable fields. 204, or 200 with the "
-        "item when the request has `Prefer: return=representation`."
+        "item when the request has `Prefer: return=representation`. `ttl` or `expires_at` "
+        "sets a new expiry; null (JSON) or an empty value (form) removes it."
     ),
     "requestBody": {
         "required": True,

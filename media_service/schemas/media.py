@@ -17,6 +17,13 @@ from marshmallow import (
     validates_schema,
 )
 
+from media_service.schemas.expiry import (
+    BOTH_GIVEN,
+    EXPIRY_FIELDS,
+    ExpiresAtField,
+    Expiry,
+    TtlField,
+)
 from media_service.schemas.fields import (
     CountInteger,
     IsoDateTime,
@@ -63,6 +70,10 @@ class MediaItemSchema(Schema):
     media_size = fields.Integer()
     time_created = IsoDateTime(metadata={"type": "string", "format": "date-time"})
     time_last_updated = IsoDateTime(metadata={"type": "string", "format": "date-time"})
+    # Null: never. From this instant on the item is gone (404 everywhere, not in searches).
+    expires_at = IsoDateTime(
+        allow_none=True, metadata={"type": "string", "format": "date-time", "nullable": True}
+    )
     public = fields.Boolean()
     # The same value under the older name (SPEC §1); a Function field, since two fields may not
     # share one attribute.
@@ -90,16 +101,33 @@ class _UpdatableFieldsSchema(Schema):
     description = Text(max_length=DESCRIPTION_MAX)
     mime_type = MimeType()
     max_downloads_allowed = CountInteger()
+    ttl = TtlField()
+    expires_at = ExpiresAtField()
 
     @validates_schema
     def _public_aliases_agree(self, data: dict[str, Any], **kwargs: Any) -> None:
         if "public" in data and "public_item" in data and data["public"] != data["public_item"]:
             raise ValidationError("'public' and 'public_item' differ.", "public_item")
 
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def _one_expiry(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
+        # Judged on the body as sent, so that both are named even when one is also invalid.
+        if isinstance(original, dict) and all(name in original for name in EXPIRY_FIELDS):
+            raise ValidationError({name: [BOTH_GIVEN] for name in EXPIRY_FIELDS})
+
     @post_load
     def _merge_public_alias(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         if "public_item" in data:
             data["public"] = data.pop("public_item")
+        return data
+
+    @post_load
+    def _expiry_request(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        # One `expiry` value for the service, which resolves it with its own clock.
+        if any(name in data for name in EXPIRY_FIELDS):
+            data["expiry"] = Expiry(
+                ttl_seconds=data.pop("ttl", None), at=data.pop("expires_at", None)
+            )
         return data
 
 

@@ -10,6 +10,8 @@ any point leaves either nothing visible or a state the sweeper (service/sweeper.
   is never taken for dead, however long it runs.
 * delete: mark DELETING (invisible at once) -> delete the bytes -> remove the document.
   A DELETING item left behind is finished by the sweeper.
+* expiry: from its expires_at on, an item is treated as gone by every read here and by the
+  repository's searches and updates; the sweeper later deletes it by the same sequence.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from media_service.errors import (
     NotFound,
     ServiceUnavailable,
     Unauthorized,
+    ValidationFailed,
 )
+from media_service.schemas.expiry import Expiry
 from media_service.schemas.fields import normalise_mime_type
 from media_service.service.audio import probe_blob
 from media_service.service.disk import DiskGuard
@@ -163,7 +167,7 @@ class MediaService:
     def get_owned(self, principal: Principal, item_id: str) -> MediaItem:
         """The READY item if `principal` may act on it: 404 for another account, 403 for another
         application of the same account (SPEC §2)."""
-        item = self.media.get(item_id)
+        item = self._live(self.media.get(item_id))
         if item is None or item.account_id != principal.account_id:
             raise NotFound("No media item with that id.")
         if principal.application_id is not None and item.application_id != principal.application_id:
@@ -177,7 +181,7 @@ class MediaService:
         whatever credentials they send (clients often authenticate every call), until its
         anonymous download limit is reached.
         """
-        item = self.media.get(item_id)
+        item = self._live(self.media.get(item_id))
         if item is None:
             raise NotFound("No media item with that id.")
         if principal is not None and principal.account_id == item.account_id:
@@ -190,6 +194,38 @@ class MediaService:
         if _limit_reached(item):
             raise LimitReached()
         return DownloadAccess(item, by_owner=False)
+
+    def _live(self, item: MediaItem | None) -> MediaItem | None:
+        """`item` unless it has expired: from expires_at on it is gone for everyone, whether or
+        not the sweeper has removed it yet."""
+        if item is None or (item.expires_at is not None and item.expires_at <= self.clock()):
+            return None
+        return item
+
+    def expiry_time(self, expiry: Expiry | None, *, on_upload: bool) -> datetime | None:
+        """The instant `expiry` (a ttl or an instant, from schemas/expiry.py) names, judged by
+        this service's clock; None: never.
+
+        On upload, asking for nothing (or an empty value) means MEDIA_DEFAULT_TTL applies; on
+        update, an empty value removes the expiry. An instant that is not in the future is 400.
+        """
+        now = self.clock()
+        if expiry is None or (expiry.never and on_upload):
+            default = self.settings.default_ttl_seconds
+            return now + timedelta(seconds=default) if default else None
+        if expiry.ttl_seconds is not None:
+            return now + timedelta(seconds=expiry.ttl_seconds)
+        if expiry.at is None:
+            return None
+        # At the precision stores keep: a sub-millisecond future would be stored as now.
+        at = expiry.at.replace(microsecond=expiry.at.microsecond // 1000 * 1000)
+        if at <= now:
+            reason = "Must be in the future."
+            raise ValidationFailed(
+                f"Invalid value for: expires_at ({reason})",
+                invalid_parameters=[{"name": "expires_at", "reason": reason}],
+            )
+        return at
 
     # ------------------------------------------------------------------ upload
 
@@ -268,6 +304,12 @@ class MediaService:
 
     def publish_upload(self, staged: StagedUpload, fields: dict[str, Any]) -> MediaItem:
         """Make a staged upload visible with its validated fields (the 201 moment)."""
+        try:
+            # A ttl counts from now, when the item becomes visible, not from the upload's start.
+            expires_at = self.expiry_time(fields.pop("expiry", None), on_upload=True)
+        except ApiError:
+            self.abandon_upload(staged)
+            raise
         name = fields.pop("filename", None) or staged.file_name or staged.item_id
         mime_type = fields.pop("mime_type", None) or choose_mime_type(
             staged.part_content_type, staged.head, name
@@ -282,6 +324,7 @@ class MediaService:
             "max_downloads_allowed": fields.pop("max_downloads_allowed", 0) or 0,
             # While PENDING this was the heartbeat; a new item was last updated when created.
             "time_last_updated": staged.time_created,
+            "expires_at": expires_at,
         }
         audio = self._examine_audio(staged)
         if audio is not None:
@@ -330,8 +373,11 @@ class MediaService:
         self.get_owned(principal, item_id)
         if "max_downloads_allowed" in changes and changes["max_downloads_allowed"] is None:
             changes["max_downloads_allowed"] = 0
+        if "expiry" in changes:
+            changes["expires_at"] = self.expiry_time(changes.pop("expiry"), on_upload=False)
+        # The repository refuses an item that expired since get_owned: nothing revives it.
         item = self.media.update(item_id, changes, self.clock())
-        if item is None:  # deleted meanwhile
+        if item is None:  # deleted (or expired) meanwhile
             raise NotFound("No media item with that id.")
         return item
 
@@ -368,6 +414,7 @@ class MediaService:
             ascending=ascending,
             offset=page_index * page_size,
             limit=page_size,
+            now=self.clock(),
         )
         return self.media.search(query)
 
@@ -406,7 +453,7 @@ class MediaService:
         return store.relative_path(item.store_key)
 
     def _missing_content(self, item: MediaItem) -> ApiError:
-        current = self.media.get(item.id)
+        current = self._live(self.media.get(item.id))
         if current is None or current.store_key != item.store_key:
             # Deleted between the metadata read and the blob open (a delete removes the bytes
             # once the tombstone hides the item): what a request after the delete answers.

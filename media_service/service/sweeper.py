@@ -8,6 +8,9 @@ Safe to run at any time, also beside live traffic, and idempotent:
 * a temp file (file store) or an open multipart upload (S3) whose key no document names is
   what a dead upload was writing: it goes too;
 * a DELETING item is a delete that died after its tombstone: finish it;
+* a READY item whose expires_at has passed (already invisible) is deleted by the ordinary
+  sequence: tombstone (only if it is still expired, in the same atomic update), bytes, record.
+  A download already streaming keeps its open file or S3 response, so it finishes;
 * a blob whose key no document references (and older than the grace period) is removed:
   uploads write the document before the bytes, so such a blob can only be a leftover;
 * a READY item (older than the grace period) whose blob is missing is reported, counted and
@@ -44,6 +47,7 @@ class SweepReport:
     deletes_finished: int = 0
     orphan_blobs_removed: int = 0
     ready_missing_blob: int = 0
+    expired_removed: int = 0
     counts_healed: int = 0
     quotas_healed: int = 0
     errors: int = 0
@@ -78,6 +82,7 @@ def sweep(
         except StorageError as error:
             report.errors += 1
             log.warning("sweeper could not heal quota reservations: %s", error)
+    _remove_expired(backends, now, report)  # first: a delete that fails midway is finished below
     for item in backends.media.iter_hidden(older_than=stale_cutoff):
         try:
             if item.state is ItemState.PENDING and abort_uploads_of is not None:
@@ -134,6 +139,29 @@ def sweep(
         report.errors += 1
         log.warning("sweeper could not remove partial uploads: %s", error)
     return report
+
+
+def _remove_expired(backends: Backends, now: datetime, report: SweepReport) -> None:
+    """Delete the items expired by `now`, page by page (iter_expired reads bounded batches)."""
+    try:
+        for item in backends.media.iter_expired(now):
+            try:
+                # Conditional on still being expired by `now`: an item whose expiry another
+                # host moved on (before it expired by that host's clock) is left alone.
+                tombstone = backends.media.mark_deleting(item.id, expired_by=now)
+                if tombstone is None:
+                    continue  # deleted (or changed) meanwhile
+                backends.blobs.delete(tombstone.store_key)
+                backends.media.remove(item.id)
+            except StorageError as error:
+                # A tombstone left behind is finished below, as any interrupted delete.
+                report.errors += 1
+                log.warning("sweeper could not remove expired item %s: %s", item.id, error)
+                continue
+            report.expired_removed += 1
+    except StorageError as error:  # the listing itself: the rest of the pass still runs
+        report.errors += 1
+        log.warning("sweeper could not list expired items: %s", error)
 
 
 def _blob_is_lost(backends: Backends, item: MediaItem) -> bool:

@@ -100,6 +100,9 @@ class MediaItem:
     # existed, until `media-service backfill-audio` reads them).
     audio: AudioFacts | None = None
     audio_examined: bool = False
+    # From this instant on the item is gone for everyone, whether or not the sweeper has
+    # removed it yet (None: never). Documents from before expiry existed have none.
+    expires_at: datetime | None = None
 
 
 # Fields a client may change with PUT /info (and set at upload).
@@ -112,6 +115,7 @@ UPDATABLE_FIELDS: frozenset[str] = frozenset(
         "description",
         "mime_type",
         "max_downloads_allowed",
+        "expires_at",
     }
 )
 
@@ -134,6 +138,8 @@ class SearchQuery:
     ascending: bool
     offset: int
     limit: int
+    # Items expired by this instant are neither listed nor counted (None: the current time).
+    now: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +337,10 @@ class MediaRepository(Protocol):
         ...
 
     def get(self, item_id: str, *, include_hidden: bool = False) -> MediaItem | None:
-        """The item, or None. Only READY items unless include_hidden (PENDING, DELETING too)."""
+        """The item, or None. Only READY items unless include_hidden (PENDING, DELETING too).
+
+        An expired READY item is still returned: its readers judge expiry at their own instant.
+        """
         ...
 
     def mark_ready(self, item_id: str, changes: dict[str, object]) -> MediaItem | None:
@@ -341,7 +350,8 @@ class MediaRepository(Protocol):
     def update(self, item_id: str, changes: dict[str, object], now: datetime) -> MediaItem | None:
         """Apply `changes` (keys of UPDATABLE_FIELDS) to a READY item, set time_last_updated=now.
 
-        Returns the updated item, or None if no READY item has that id.
+        Returns the updated item, or None if no READY item has that id or it has expired by
+        `now` (an expired item is never changed again, so no update brings it back).
         """
         ...
 
@@ -354,8 +364,14 @@ class MediaRepository(Protocol):
         """
         ...
 
-    def mark_deleting(self, item_id: str) -> MediaItem | None:
-        """Tombstone a READY item (state DELETING) and return it; None if no READY item."""
+    def mark_deleting(
+        self, item_id: str, *, expired_by: datetime | None = None
+    ) -> MediaItem | None:
+        """Tombstone a READY item (state DELETING) and return it; None if no READY item.
+
+        With `expired_by`, only an item whose expires_at is at or before it (the sweeper's
+        condition, checked in the same atomic update).
+        """
         ...
 
     def remove(self, item_id: str) -> bool:
@@ -363,7 +379,8 @@ class MediaRepository(Protocol):
         ...
 
     def search(self, query: SearchQuery) -> SearchPage:
-        """READY items of the scope created in [start_time, end_time], one page, with the total."""
+        """READY items of the scope created in [start_time, end_time] and not expired at
+        `query.now`, one page, with the total."""
         ...
 
     def heartbeat(self, item_id: str, now: datetime) -> bool:
@@ -381,6 +398,11 @@ class MediaRepository(Protocol):
 
     def iter_ready(self, older_than: datetime) -> Iterator[MediaItem]:
         """READY items created before `older_than` (the sweeper checks their blobs exist)."""
+        ...
+
+    def iter_expired(self, now: datetime) -> Iterator[MediaItem]:
+        """READY items whose expires_at is at or before `now`, in pages by (expires_at, id)
+        through an index on expiry (the sweeper removes them as it goes)."""
         ...
 
     def ids_with_keys(self, store_keys: list[str]) -> set[str]:

@@ -49,6 +49,7 @@ Document = dict[str, Any]
 _BATCH = 500  # documents per sweeper page, and values per $in list
 _CAS_TRIES = 50  # compare-and-set attempts on times_downloaded before giving up (503)
 _TIME_ORDER = [("time_created", ASCENDING), ("_id", ASCENDING)]
+_EXPIRY_ORDER = [("expires_at", ASCENDING), ("_id", ASCENDING)]
 
 # Server error codes that mean "not now" rather than "wrong request": network trouble, elections,
 # shutdowns, time limits, and credentials the server refuses (an operator must act; callers get
@@ -195,6 +196,13 @@ def _downloads_left(maximum: object, times: object) -> int | None:
     return None if not maximum else int(maximum) - int(times)  # type: ignore[call-overload]
 
 
+def _live(now: datetime) -> Document:
+    """Not expired at `now`: no expires_at (null, or absent in documents from before expiry
+    existed), or a later one. Judged in every read that lists items, so an expired item is gone
+    at once, whether or not the sweeper has removed it yet."""
+    return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
+
+
 class MongoMediaRepository(records.StateTransitions, MongoQuotas):
     """MediaRepository on MongoDB: one document per item, `_id` = item id."""
 
@@ -227,6 +235,15 @@ class MongoMediaRepository(records.StateTransitions, MongoQuotas):
                 )
             ensure_index(items, [("state", ASCENDING), *_TIME_ORDER], name="state_time")
             ensure_index(items, [("store_key", ASCENDING)], name="store_key", unique=True)
+            # Expiry: the scope ones count a search's expired-but-unswept matches (subtracted
+            # from its total); the last one feeds the sweeper in (expires_at, _id) order.
+            for name, scope in (("account", "account_id"), ("application", "application_id")):
+                ensure_index(
+                    items,
+                    [(scope, ASCENDING), ("state", ASCENDING), ("expires_at", ASCENDING)],
+                    name=f"{name}_expiry",
+                )
+            ensure_index(items, [("state", ASCENDING), *_EXPIRY_ORDER], name="state_expiry")
             self._backfill_all_downloads_left()
             self._counts.ensure_indexes()
             self._counts.build_if_missing()
@@ -276,10 +293,21 @@ class MongoMediaRepository(records.StateTransitions, MongoQuotas):
         return None if doc is None else _item(doc)
 
     def _update_one(
-        self, item_id: str, from_state: str, values: Mapping[str, object]
+        self,
+        item_id: str,
+        from_state: str,
+        values: Mapping[str, object],
+        *,
+        live_at: datetime | None = None,
+        expired_by: datetime | None = None,
     ) -> MediaItem | None:
-        """Set `values` on the item if it is in `from_state`; return it as updated."""
+        """Set `values` on the item if it is in `from_state` (and, when given, not expired at
+        `live_at` / expired by `expired_by`); return it as updated."""
         query: Document = {"_id": records.require_id(item_id), "state": from_state}
+        if live_at is not None:
+            query |= _live(live_at)
+        if expired_by is not None:
+            query["expires_at"] = {"$lte": expired_by}
         # Field names checked by records, values are values.
         update: Document = {"$set": dict(values)}
         # Entering or leaving READY marks the item in the same atomic update (mongo_counts).
@@ -395,22 +423,25 @@ class MongoMediaRepository(records.StateTransitions, MongoQuotas):
 
     def search(self, query: SearchQuery) -> SearchPage:
         start, end = records.check_query(query)
+        now = records.query_now(query)
         window: Document = {"$gte": start}
         if end is not None:
             window["$lte"] = end
-        match: Document = {
-            "account_id": query.scope.account_id,
-            "state": "ready",
-            "time_created": window,
-        }
+        scope: Document = {"account_id": query.scope.account_id, "state": "ready"}
         if query.scope.application_id is not None:
-            match["application_id"] = query.scope.application_id
-        scope = {key: value for key, value in match.items() if key != "time_created"}
+            scope["application_id"] = query.scope.application_id
+        match: Document = {**scope, "time_created": window, **_live(now)}
         direction = ASCENDING if query.ascending else DESCENDING
         with _translated():
             total = self._counts.total(scope, start, end)
             if total is None:
                 total = self._items.count_documents(match)
+            else:
+                # media_counts counts expired items until the sweeper removes them: take away
+                # the window's expired ones (through the scope's expiry index; as many as
+                # expired since the last sweep, whatever the size of the scope).
+                expired = {**scope, "expires_at": {"$lte": now}, "time_created": window}
+                total -= self._items.count_documents(expired)
             docs: list[Document] = []
             if query.limit > 0:  # limit(0) would mean "no limit" to MongoDB
                 cursor = self._items.find(match).sort(
@@ -431,19 +462,30 @@ class MongoMediaRepository(records.StateTransitions, MongoQuotas):
         cutoff = records.utc_ms(older_than, "older_than")
         yield from self._pages({"state": "ready", "time_created": {"$lt": cutoff}})
 
-    def _pages(self, match: Document) -> Iterator[MediaItem]:
+    def iter_expired(self, now: datetime) -> Iterator[MediaItem]:
+        cutoff = records.utc_ms(now, "now")
+        yield from self._pages(
+            {"state": "ready", "expires_at": {"$lte": cutoff}}, order="expires_at"
+        )
+
+    def _pages(self, match: Document, order: str = "time_created") -> Iterator[MediaItem]:
+        """Every match, by (`order`, _id), in pages that start after the last one seen."""
         query = match
         while True:
             with _translated():
-                docs = list(self._items.find(query).sort(_TIME_ORDER).limit(_BATCH))
+                docs = list(
+                    self._items.find(query)
+                    .sort([(order, ASCENDING), ("_id", ASCENDING)])
+                    .limit(_BATCH)
+                )
             yield from (_item(doc) for doc in docs)
             if len(docs) < _BATCH:
                 return
-            last_time, last_id = docs[-1]["time_created"], docs[-1]["_id"]
+            last_value, last_id = docs[-1][order], docs[-1]["_id"]
             after = {
                 "$or": [
-                    {"time_created": {"$gt": last_time}},
-                    {"time_created": last_time, "_id": {"$gt": last_id}},
+                    {order: {"$gt": last_value}},
+                    {order: last_value, "_id": {"$gt": last_id}},
                 ]
             }
             query = {"$and": [match, after]}

@@ -26,6 +26,8 @@ ITEM_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MediaIte
 TIME_FIELDS: frozenset[str] = frozenset(
     {"time_created", "time_last_updated", "time_content_modified"}
 )
+# Times that may be absent: None is stored as null (and a missing value reads as None).
+OPTIONAL_TIME_FIELDS: frozenset[str] = frozenset({"expires_at"})
 INT_FIELDS: frozenset[str] = frozenset({"max_downloads_allowed", "times_downloaded", "media_size"})
 
 # What completing an upload may set besides the state: everything but the item's identity and
@@ -85,6 +87,8 @@ def encode_field(name: str, value: object) -> object:
     """Validate one MediaItem field value and return its record form."""
     if name in TIME_FIELDS:
         return utc_ms(value, name)
+    if name in OPTIONAL_TIME_FIELDS:
+        return None if value is None else utc_ms(value, name)
     if name == "store_meta_params":
         if not isinstance(value, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
@@ -159,6 +163,9 @@ def item_from_record(record: Mapping[str, object]) -> MediaItem:
     values = {name: record.get(name) for name in ITEM_FIELDS}
     for name in TIME_FIELDS:
         values[name] = as_utc(values[name])  # type: ignore[arg-type]
+    for name in OPTIONAL_TIME_FIELDS:  # documents from before the field have none: never
+        if values[name] is not None:
+            values[name] = as_utc(values[name])  # type: ignore[arg-type]
     values["store_meta_params"] = json.loads(str(values["store_meta_params"]))
     values["state"] = ItemState(str(values["state"]))
     values["public"] = bool(values["public"])
@@ -182,6 +189,11 @@ def check_query(query: SearchQuery) -> tuple[datetime, datetime | None]:
     return start, end
 
 
+def query_now(query: SearchQuery) -> datetime:
+    """The instant a search judges expiry at, at millisecond precision."""
+    return utc_ms(query.now if query.now is not None else datetime.now(UTC), "now")
+
+
 def unique_keys(keys: Iterable[str]) -> list[str]:
     """The public keys in order, each once."""
     result: list[str] = []
@@ -200,9 +212,16 @@ class StateTransitions:
     """
 
     def _update_one(
-        self, item_id: str, from_state: str, values: Mapping[str, object]
+        self,
+        item_id: str,
+        from_state: str,
+        values: Mapping[str, object],
+        *,
+        live_at: datetime | None = None,
+        expired_by: datetime | None = None,
     ) -> MediaItem | None:
-        """Set `values` on the item if it is in `from_state`; return it as updated."""
+        """Set `values` on the item if it is in `from_state` (and, when given, not expired at
+        `live_at` / expired by `expired_by`); return it as updated."""
         raise NotImplementedError
 
     def mark_ready(self, item_id: str, changes: dict[str, object]) -> MediaItem | None:
@@ -211,8 +230,11 @@ class StateTransitions:
 
     def update(self, item_id: str, changes: dict[str, object], now: datetime) -> MediaItem | None:
         values = change_record(changes, UPDATABLE_FIELDS)
-        values["time_last_updated"] = utc_ms(now, "now")
-        return self._update_one(item_id, "ready", values)
+        at = values["time_last_updated"] = utc_ms(now, "now")
+        return self._update_one(item_id, "ready", values, live_at=at)
 
-    def mark_deleting(self, item_id: str) -> MediaItem | None:
-        return self._update_one(item_id, "ready", {"state": "deleting"})
+    def mark_deleting(
+        self, item_id: str, *, expired_by: datetime | None = None
+    ) -> MediaItem | None:
+        by = None if expired_by is None else utc_ms(expired_by, "expired_by")
+        return self._update_one(item_id, "ready", {"state": "deleting"}, expired_by=by)

@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS media_items (
     source_url            TEXT,
     state                 TEXT NOT NULL CHECK (state IN ('pending', 'ready', 'deleting')),
     audio                 TEXT,
-    audio_examined        INTEGER NOT NULL DEFAULT 0
+    audio_examined        INTEGER NOT NULL DEFAULT 0,
+    expires_at            INTEGER
 );
 CREATE INDEX IF NOT EXISTS media_items_account
     ON media_items (account_id, state, time_created, id);
@@ -173,11 +174,26 @@ FROM media_items WHERE state = 'ready' GROUP BY 1, 2, 3
 
 
 # Columns added after the first release: a database created before them gains them at start-up.
-# Existing rows read as "never examined" (audio_examined 0), which backfill-audio fills in.
+# Existing rows read as "never examined" (audio_examined 0), which backfill-audio fills in, and
+# as never expiring (expires_at NULL).
 _ADDED_COLUMNS = {
     "audio": "audio TEXT",
     "audio_examined": "audio_examined INTEGER NOT NULL DEFAULT 0",
+    "expires_at": "expires_at INTEGER",
 }
+
+# Indexes on expiry, created once the column exists (a database from before it gains it first).
+# Partial: items that never expire (most, usually) cost nothing in them. The scope ones count a
+# search's expired-but-unswept matches (subtracted from its total); the last one feeds the
+# sweeper in (expires_at, id) order.
+EXPIRY_INDEXES = """
+CREATE INDEX IF NOT EXISTS media_items_account_expiry
+    ON media_items (account_id, state, expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS media_items_application_expiry
+    ON media_items (application_id, state, expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS media_items_expiry
+    ON media_items (state, expires_at, id) WHERE expires_at IS NOT NULL;
+"""
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -414,6 +430,9 @@ class SqliteDatabase:
                     conn.execute(statement)
             _add_missing_columns(conn)
             ensure_quota_schema(conn)
+            for statement in EXPIRY_INDEXES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
             for trigger in COUNT_TRIGGERS.values():
                 conn.execute(trigger)
             if present < len(_COUNT_OBJECTS):
@@ -464,6 +483,9 @@ def _item(row: sqlite3.Row) -> MediaItem:
     record: dict[str, object] = dict(zip(row.keys(), row, strict=True))
     for name in records.TIME_FIELDS:
         record[name] = from_ms(row[name])
+    for name in records.OPTIONAL_TIME_FIELDS:
+        if row[name] is not None:
+            record[name] = from_ms(row[name])
     if record.get("audio") is not None:
         record["audio"] = json.loads(str(record["audio"]))
     return records.item_from_record(record)
@@ -493,14 +515,28 @@ class SqliteMediaRepository(records.StateTransitions, SqliteQuotas):
         return _item(rows[0]) if rows else None
 
     def _update_one(
-        self, item_id: str, from_state: str, values: Mapping[str, object]
+        self,
+        item_id: str,
+        from_state: str,
+        values: Mapping[str, object],
+        *,
+        live_at: datetime | None = None,
+        expired_by: datetime | None = None,
     ) -> MediaItem | None:
-        """Set `values` on the item if it is in `from_state`; return it as updated."""
+        """Set `values` on the item if it is in `from_state` (and, when given, not expired at
+        `live_at` / expired by `expired_by`); return it as updated."""
         # Column names are MediaItem field names checked by records, never client input.
         assignments = ", ".join(f"{name} = :{name}" for name in values)
         params = _sql_values(values) | {"_id": records.require_id(item_id), "_from": from_state}
+        where = "id = :_id AND state = :_from"
+        if live_at is not None:
+            where += f" AND {_live('_live')}"
+            params["_live"] = to_ms(live_at)
+        if expired_by is not None:
+            where += " AND expires_at <= :_expired"
+            params["_expired"] = to_ms(expired_by)
         rows = self.db.fetch(
-            f"UPDATE media_items SET {assignments} WHERE id = :_id AND state = :_from RETURNING *",
+            f"UPDATE media_items SET {assignments} WHERE {where} RETURNING *",
             params,
             durable=True,
             # A tombstone is the first step of freeing space: it must work on a full disk.
@@ -566,6 +602,21 @@ class SqliteMediaRepository(records.StateTransitions, SqliteQuotas):
 
     def iter_ready(self, older_than: datetime) -> Iterator[MediaItem]:
         yield from self._pages("state = 'ready' AND time_created < :cutoff", older_than)
+
+    def iter_expired(self, now: datetime) -> Iterator[MediaItem]:
+        # Keyset pages over media_items_expiry, like _pages: the sweeper removes rows as it goes.
+        after: tuple[int, str] = (-(2**63), "")
+        while True:
+            rows = self.db.fetch(
+                "SELECT * FROM media_items WHERE state = 'ready' AND expires_at <= :now"
+                " AND (expires_at, id) > (:after_time, :after_id)"
+                " ORDER BY expires_at, id LIMIT :batch",
+                {"now": to_ms(now), "after_time": after[0], "after_id": after[1], "batch": _BATCH},
+            )
+            yield from (_item(row) for row in rows)
+            if len(rows) < _BATCH:
+                return
+            after = (rows[-1]["expires_at"], rows[-1]["id"])
 
     def _pages(self, where: str, older_than: datetime) -> Iterator[MediaItem]:
         after: tuple[int, str] = (-(2**63), "")
@@ -648,6 +699,12 @@ def _scope_filter(query: SearchQuery) -> tuple[list[str], dict[str, object]]:
     return [*clauses, "state = 'ready'"], params
 
 
+def _live(param: str) -> str:
+    """Not expired at the instant bound to `:param`. Judged in every read that lists items, so
+    an expired item is gone at once, whether or not the sweeper has removed it yet."""
+    return f"(expires_at IS NULL OR expires_at > :{param})"
+
+
 def search_filter(query: SearchQuery) -> tuple[str, dict[str, object]]:
     """The WHERE clause and parameters selecting a search's matches."""
     start, end = records.check_query(query)
@@ -657,6 +714,8 @@ def search_filter(query: SearchQuery) -> tuple[str, dict[str, object]]:
     if end is not None:
         params["end"] = to_ms(end)
         clauses.append("time_created <= :end")
+    params["now"] = to_ms(records.query_now(query))
+    clauses.append(_live("now"))
     return " AND ".join(clauses), params
 
 
@@ -703,7 +762,18 @@ def search_total(query: SearchQuery) -> tuple[str, dict[str, object]]:
             f"(SELECT count(*) FROM media_items WHERE {counted}"
             " AND time_created BETWEEN :tail_start AND :end)"
         )
-    return "SELECT " + " + ".join(parts), params
+    # media_counts counts expired items until the sweeper removes them: take away the window's
+    # expired ones, found through the scope's expiry index (the unary + keeps the planner off
+    # the time index, which would walk every match). Their number is bounded by what expired
+    # since the last sweep, not by the size of the scope.
+    params["now"] = to_ms(records.query_now(query))
+    expired = (
+        f"(SELECT count(*) FROM media_items WHERE {counted}"
+        " AND expires_at <= :now AND +time_created >= :start"
+        + ("" if end is None else " AND +time_created <= :end")
+        + ")"
+    )
+    return "SELECT " + " + ".join(parts) + " - " + expired, params
 
 
 # --------------------------------------------------------------------------- credentials

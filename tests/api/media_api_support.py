@@ -36,6 +36,7 @@ ITEM_FIELDS = frozenset(
         "description",
         "source_url",
         "audio",
+        "expires_at",
     }
 )
 ISO_MILLIS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")

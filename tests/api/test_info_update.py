@@ -136,6 +136,7 @@ def _item(**overrides: Any) -> MediaItem:
                 duration_ms=1500, sample_rate=8000, channels=1, codec="pcm", bit_rate=None
             ),
             audio_examined=True,
+            expires_at=datetime(2031, 2, 3, 4, 5, 6, 789999, tzinfo=timezone(timedelta(hours=-3))),
         ),
     ],
     ids=["minimal", "everything-set"],

@@ -369,6 +369,7 @@ def test_cli_sweep_prints_a_json_report(
             "ready_missing_blob": 0,
             "counts_healed": 0,
             "quotas_healed": 0,
+            "expired_removed": 0,
             "errors": 0,
         }
         assert not exists(backends, pending)
