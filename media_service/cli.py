@@ -255,6 +255,21 @@ def _sweep(args: argparse.Namespace) -> int:
 
 _JSON = argparse.ArgumentParser(add_help=False)
 _JSON.add_argument("--json", action="store_true", help="print JSON (for scripts), not a table")
+# `show` prints one nested record: JSON wherever a program reads it (the quota issue's contract:
+# `accounts show` prints JSON with `quota` and `usage`), a table for a person at a terminal.
+_SHOW = argparse.ArgumentParser(add_help=False)
+_SHOW_FORMAT = _SHOW.add_mutually_exclusive_group()
+_SHOW_FORMAT.add_argument(
+    "--json", action="store_true", help="print JSON (the default unless on a terminal)"
+)
+_SHOW_FORMAT.add_argument(
+    "--table", action="store_true", help="print a table (the default on a terminal)"
+)
+
+
+def _show_json(args: argparse.Namespace) -> bool:
+    """Whether a `show` prints JSON: asked for, or not asked for a table and not on a terminal."""
+    return bool(args.json or (not args.table and not sys.stdout.isatty()))
 
 
 def _add_account_admin(accounts: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -267,7 +282,7 @@ def _add_account_admin(accounts: argparse._SubParsersAction[argparse.ArgumentPar
         ("rotate-secret", _accounts_rotate_secret, "replace the secret; prints the new one"),
         ("delete", _accounts_delete, "delete the account and its applications"),
     ):
-        command = accounts.add_parser(name, parents=[_JSON], help=text)
+        command = accounts.add_parser(name, parents=[_SHOW if name == "show" else _JSON], help=text)
         command.add_argument("--api-key", required=True)
         command.set_defaults(handler=handler)
         if name == "rotate-secret":
@@ -293,7 +308,8 @@ def _add_application_admin(
         ("remove-key", _applications_remove_key, "remove a public key (never the last one)"),
         ("delete", _applications_delete, "delete the application"),
     ):
-        command = applications.add_parser(name, parents=[_JSON], help=text)
+        parents = [_SHOW if name == "show" else _JSON]
+        command = applications.add_parser(name, parents=parents, help=text)
         command.add_argument("--application-id", required=True)
         command.set_defaults(handler=handler)
         if name == "remove-key":
@@ -374,7 +390,7 @@ def _accounts_show(args: argparse.Namespace) -> int:
         **_quota_record(backends.media.quota(account.api_key)),
         "applications": applications,
     }
-    if args.json:
+    if _show_json(args):
         print(json.dumps(record))
         return 0
     nested = ("quota", "usage", "applications")
@@ -494,7 +510,7 @@ def _applications_show(args: argparse.Namespace) -> int:
     totals = admin.application_totals(backends.media, application.api_key)
     record = _application_row(application, totals)
     record["public_keys"] = [_key_fingerprint(pem) for pem in application.public_keys]
-    if args.json:
+    if _show_json(args):
         print(json.dumps(record))
         return 0
     record["public_keys"] = ", ".join(_key_fingerprint(pem) for pem in application.public_keys)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +74,30 @@ def test_accounts_list_and_show(cli: Cli, owner: Credentials, sibling: Credentia
     shown = cli.json("accounts", "show", "--api-key", "acct0001")
     assert shown["api_key"] == "acct0001" and shown["enabled"] is True
     assert [app["application_id"] for app in shown["applications"]] == ["app-one", "app-two"]
-    status, out, _ = cli("accounts", "show", "--api-key", "acct0001")
+    status, out, _ = cli("accounts", "show", "--api-key", "acct0001", "--table")
     assert status == 0
     assert out.splitlines()[:2] == ["api_key  acct0001", "enabled  yes"]
     assert "app-two" in out
     for text in (out, json.dumps(shown)):
         assert not any(word in text for word in SECRETISH)
         assert owner.api_secret not in text
+
+
+def test_show_prints_json_unless_on_a_terminal(
+    cli: Cli, owner: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Captured output is no terminal: what a script (or a pipe) gets without any flag.
+    status, out, _ = cli("accounts", "show", "--api-key", owner.api_key)
+    assert status == 0 and json.loads(out)["api_key"] == owner.api_key
+    status, out, _ = cli("applications", "show", "--application-id", "app-one")
+    assert status == 0 and json.loads(out)["application_id"] == "app-one"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    status, out, _ = cli("accounts", "show", "--api-key", owner.api_key)
+    assert status == 0 and out.startswith(f"api_key  {owner.api_key}\n")
+    assert json.loads(cli("accounts", "show", "--api-key", owner.api_key, "--json")[1])
+    with pytest.raises(SystemExit) as refused:  # argparse's usage error: both at once
+        cli("accounts", "show", "--api-key", owner.api_key, "--json", "--table")
+    assert refused.value.code == 2
 
 
 def test_accounts_list_when_empty(cli: Cli) -> None:
@@ -235,7 +253,7 @@ def test_applications_list_and_show(
     ]
     shown = cli.json("applications", "show", "--application-id", "app-one")
     assert shown["public_keys"][0].startswith("sha256:") and shown["items"] == 1
-    status, out, _ = cli("applications", "show", "--application-id", "app-one")
+    status, out, _ = cli("applications", "show", "--application-id", "app-one", "--table")
     assert status == 0 and "application_id  app-one" in out and "BEGIN" not in out
 
 

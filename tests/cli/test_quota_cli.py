@@ -28,7 +28,7 @@ def test_show_reports_quota_and_usage_beside_its_fields(
     assert (shown["items"], shown["bytes"]) == (2, 1024)  # the fields it had stay
     assert {"api_key", "enabled", "applications"} <= set(shown)
 
-    status, out, _ = cli("accounts", "show", "--api-key", owner.api_key)
+    status, out, _ = cli("accounts", "show", "--api-key", owner.api_key, "--table")
     assert status == 0
     assert out.splitlines()[:2] == ["api_key  acct0001", "enabled  yes"]
     assert "quota.max_bytes  0" in out and "usage.bytes      1024" in out
