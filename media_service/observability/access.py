@@ -96,8 +96,12 @@ class Exchange:
         children = http_children(method, self.route or UNMATCHED_ROUTE, status)
         children.requests.inc()
         children.request_duration.observe(duration)
-        children.request_body_bytes.inc(self.bytes_in)
-        children.response_body_bytes.inc(self.bytes_out)
+        # In multiprocess mode every inc() is a locked write to an mmap'd file; adding 0 (the
+        # body of a GET, the response of a HEAD) changes nothing, and the children exist anyway.
+        if self.bytes_in:
+            children.request_body_bytes.inc(self.bytes_in)
+        if self.bytes_out:
+            children.response_body_bytes.inc(self.bytes_out)
         family = metrics()
         if self.problem == LIMIT_REACHED:
             family.download_limit_refusals.inc()
