@@ -158,7 +158,7 @@ def capture(response: Response) -> Response:
     request_id = getattr(ctx_g, "request_id", None)
     if not request_id:
         # The factory's hook echoes g.request_id; make sure the log and the header agree.
-        request_id = ctx_g.request_id = uuid.uuid4().hex
+        request_id = ctx_g.request_id = uuid.uuid4().hex  # rare: the factory's hook sets it
     exchange.request_id = request_id
     rule = req.url_rule
     exchange.route = rule.rule if rule is not None else None
