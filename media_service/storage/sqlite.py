@@ -401,14 +401,12 @@ class SqliteDatabase:
         (a download count); returns how many rows it changed.
 
         SQLite's busy handler sleeps 1, 2, 5, 10 ... ms between attempts, while this write holds
-        the lock for tens of microseconds: under contention the threads spent their time asleep
-        with the database free (counted downloads collapsed to ~1,300/s from 16 threads, where
-        one thread alone does ~24,000/s). So the threads of this process take turns on a
-        Python lock (handed over on release), and the one holding it retries SQLITE_BUSY from
-        the other processes itself (busy_timeout 0 for the statement), pausing 50 µs to 1 ms,
-        until the same backend timeout. The statement is still one atomic conditional UPDATE:
-        exact across processes. A statement refused with SQLITE_BUSY changed nothing, so
-        running it again is safe.
+        the lock for tens of microseconds: under contention threads slept while the database
+        was free. So the threads of this process take turns on a Python lock (handed over on
+        release), and the one holding it retries SQLITE_BUSY from the other processes itself
+        (busy_timeout 0 for the statement), pausing 50 µs to 1 ms, until the same backend
+        timeout. The statement is still one atomic conditional UPDATE: exact across processes.
+        A statement refused with SQLITE_BUSY changed nothing, so running it again is safe.
         """
         deadline = time.monotonic() + self.timeout
         pause = _RETRY_FIRST_S
