@@ -14,10 +14,6 @@ from media_service.service import streams
 from media_service.service.streams import HashingReader, UploadTooLarge
 
 
-def _hash_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name == "upload-hash")
-
-
 @pytest.mark.parametrize("size", [0, 1, 4096, 256 * 1024 - 1, 256 * 1024, 3 * 1024 * 1024 + 17])
 def test_digests_and_size_match_hashlib(size: int) -> None:
     data = os.urandom(size)
@@ -39,21 +35,28 @@ def test_small_reads_after_large_ones_keep_their_order() -> None:
     assert reader.sha256_hex == hashlib.sha256(data).hexdigest()
 
 
+def _threads(reader: HashingReader) -> list[threading.Thread]:
+    hashes = (reader._md5, reader._sha256)
+    return [h._thread for h in hashes if isinstance(h, streams._BackgroundHash)]
+
+
 def test_background_threads_end_with_the_digest_or_the_reader() -> None:
-    before = _hash_threads()
     data = os.urandom(1024 * 1024)
     finished = HashingReader(io.BytesIO(data), max_bytes=len(data))
     finished.read()
-    assert _hash_threads() == before + 2
+    threads = _threads(finished)
+    assert len(threads) == 2 and all(t.is_alive() for t in threads)
     assert finished.md5_hex and finished.sha256_hex
-    assert _hash_threads() == before
+    assert not any(t.is_alive() for t in threads)
 
     abandoned = HashingReader(io.BytesIO(data * 2), max_bytes=len(data))
     abandoned.read()
+    threads = _threads(abandoned)
+    assert len(threads) == 2
     with pytest.raises(UploadTooLarge):
         abandoned.read()
     del abandoned
     gc.collect()
-    for thread in [t for t in threading.enumerate() if t.name == "upload-hash"]:
+    for thread in threads:
         thread.join(timeout=5)
-    assert _hash_threads() == before
+    assert not any(t.is_alive() for t in threads)
