@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
-import uuid
 
 from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -26,6 +26,16 @@ from media_service.storage.interfaces import Backends
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def new_request_id() -> str:
+    """32 random hex digits, the shape of uuid4().hex.
+
+    Not uuid4: it reads os.urandom, a system call that releases the GIL on every request, and a
+    request id needs to be unique, not unpredictable. `random` is reseeded in every forked
+    worker (CPython re-initialises it after fork), so workers never share a sequence.
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 def create_app(settings: Settings | None = None, *, backends: Backends | None = None) -> Flask:
@@ -119,10 +129,10 @@ def _install_request_ids(app: Flask) -> None:
     def _assign_request_id() -> None:
         incoming = request.environ.get("HTTP_X_REQUEST_ID")  # request.headers, minus its lookups
         g.request_id = (
-            incoming if incoming is not None and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+            incoming if incoming is not None and _REQUEST_ID.match(incoming) else new_request_id()
         )
 
     @app.after_request
     def _echo_request_id(response: Response) -> Response:
-        response.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
+        response.headers["X-Request-Id"] = g.get("request_id") or new_request_id()
         return response

@@ -96,8 +96,12 @@ class Exchange:
         children = http_children(method, self.route or UNMATCHED_ROUTE, status)
         children.requests.inc()
         children.request_duration.observe(duration)
-        children.request_body_bytes.inc(self.bytes_in)
-        children.response_body_bytes.inc(self.bytes_out)
+        # In multiprocess mode every inc() is a locked write to an mmap'd file; adding 0 (the
+        # body of a GET, the response of a HEAD) changes nothing, and the children exist anyway.
+        if self.bytes_in:
+            children.request_body_bytes.inc(self.bytes_in)
+        if self.bytes_out:
+            children.response_body_bytes.inc(self.bytes_out)
         family = metrics()
         if self.problem == LIMIT_REACHED:
             family.download_limit_refusals.inc()
@@ -154,7 +158,7 @@ def capture(response: Response) -> Response:
     request_id = getattr(ctx_g, "request_id", None)
     if not request_id:
         # The factory's hook echoes g.request_id; make sure the log and the header agree.
-        request_id = ctx_g.request_id = uuid.uuid4().hex
+        request_id = ctx_g.request_id = uuid.uuid4().hex  # rare: the factory's hook sets it
     exchange.request_id = request_id
     rule = req.url_rule
     exchange.route = rule.rule if rule is not None else None

@@ -126,6 +126,11 @@ def _writes_directly(handler: logging.Handler) -> TypeGuard[_StdoutHandler]:
     )
 
 
+# json.dumps(..., default=str) builds a new JSONEncoder for every call (its arguments differ
+# from the defaults); one encoder, made once, writes the very same line.
+_LINE_ENCODER = json.JSONEncoder(default=str)
+
+
 def log_fields(logger: logging.Logger, message: str, fields: Mapping[str, Any]) -> None:
     """Log `message` at INFO from `logger`, with `fields` as the record's extra attributes.
 
@@ -153,7 +158,7 @@ def log_fields(logger: logging.Logger, message: str, fields: Mapping[str, Any]) 
             continue
         if _writes_directly(handler):
             if line is None:
-                line = json.dumps(
+                line = _LINE_ENCODER.encode(
                     {
                         "timestamp": iso_millis(time.time()),
                         "level": "INFO",
@@ -161,8 +166,7 @@ def log_fields(logger: logging.Logger, message: str, fields: Mapping[str, Any]) 
                         "message": message,
                         "pid": os.getpid(),
                         **fields,
-                    },
-                    default=str,
+                    }
                 )
             _write(handler, line)
         else:
