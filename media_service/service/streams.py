@@ -44,6 +44,14 @@ _BACKGROUND_HASH_BYTES = 256 * 1024
 _HASH_BACKLOG = 4
 
 
+class _Hash(Protocol):
+    """What the reader needs of a hash: hashlib's objects, or a `_BackgroundHash` around one."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
 class _BackgroundHash:
     """One hash fed in order by a thread of its own.
 
@@ -96,8 +104,8 @@ class HashingReader:
         self._source = source
         self._max_bytes = max_bytes
         self._on_chunk = on_chunk
-        self._md5: Any = hashlib.md5(usedforsecurity=False)
-        self._sha256: Any = hashlib.sha256()
+        self._md5: _Hash = hashlib.md5(usedforsecurity=False)
+        self._sha256: _Hash = hashlib.sha256()
         self._background = False
         self.size = 0
         self.head = b""  # the first bytes, for content sniffing
