@@ -43,6 +43,8 @@ class Settings:
     sqlite_spare_bytes: int = DEFAULT_SQLITE_SPARE_BYTES
     upload_min_rate: int = 2048  # bytes/s an upload body must average after the window; 0: off
     upload_rate_window: float = 30.0  # seconds of grace before the minimum rate applies
+    resumable_expiry_seconds: int = 24 * 3600  # an unfinished tus upload lives this long
+    resumable_lock_seconds: int = 60  # a PATCH's lease on its upload, renewed while bytes flow
     log_level: str = "INFO"
 
     @property
@@ -85,6 +87,8 @@ class Settings:
             upload_min_rate=_int(env, "MEDIA_UPLOAD_MIN_RATE", 2048, 0),
             upload_rate_window=_float(env, "MEDIA_UPLOAD_RATE_WINDOW", 30.0),
             upload_stale_seconds=_int(env, "MEDIA_UPLOAD_STALE_SECONDS", 900, 10),
+            resumable_expiry_seconds=_int(env, "MEDIA_RESUMABLE_EXPIRY", 24 * 3600, 60),
+            resumable_lock_seconds=_int(env, "MEDIA_RESUMABLE_LOCK_SECONDS", 60, 1),
             min_free_bytes=_int(env, "MEDIA_MIN_FREE_BYTES", DEFAULT_MIN_FREE_BYTES, 0),
             sqlite_spare_bytes=_int(env, "MEDIA_SQLITE_SPARE_BYTES", DEFAULT_SQLITE_SPARE_BYTES, 0),
             log_level=_choice(

@@ -13,6 +13,7 @@ Safe to run at any time, also beside live traffic, and idempotent:
 * a READY item (older than the grace period) whose blob is missing is reported, counted and
   logged as an error, never removed: its bytes were lost behind the service's back, and only
   an operator can tell whether to restore them or delete the item (downloads answer 503).
+* resumable (tus) uploads past their expiry go, staged bytes first (service/resumable_sweep.py);
 * a repository that keeps search counts beside its items (MongoDB) settles the count changes of
   writers that died midway (`heal_counts`).
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
 
+from media_service.service.resumable_sweep import sweep_resumable
 from media_service.storage.interfaces import (
     Backends,
     BlobNotFound,
@@ -44,6 +46,7 @@ class SweepReport:
     orphan_blobs_removed: int = 0
     ready_missing_blob: int = 0
     counts_healed: int = 0
+    resumable_removed: int = 0  # expired tus uploads and orphaned staged bytes
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -124,6 +127,9 @@ def sweep(
     except StorageError as error:
         report.errors += 1
         log.warning("sweeper could not remove partial uploads: %s", error)
+    removed, errors = sweep_resumable(backends, now=now, grace=grace)
+    report.resumable_removed = removed
+    report.errors += errors
     return report
 
 

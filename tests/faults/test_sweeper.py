@@ -368,6 +368,7 @@ def test_cli_sweep_prints_a_json_report(
             "orphan_blobs_removed": 1,
             "ready_missing_blob": 0,
             "counts_healed": 0,
+            "resumable_removed": 0,
             "errors": 0,
         }
         assert not exists(backends, pending)
