@@ -404,3 +404,51 @@ def test_the_sweeper_removes_staged_bytes_no_record_names(
     assert report.resumable_removed == 1
     assert report.errors == 0
     assert set(dict(resumable.staging.list_ids())) == {kept}
+
+
+def test_a_failing_store_is_503_and_the_upload_goes_on(
+    app: Flask, client: FlaskClient, owner: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from media_service.storage.interfaces import BackendUnavailable
+
+    path = create(client, owner, 6)
+    assert patch(client, owner, path, 0, b"abc").status_code == 204
+    staging = service(app).staging
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise BackendUnavailable("blob store", "down")
+
+    monkeypatch.setattr(staging, "write", broken)
+    failed = patch(client, owner, path, 3, b"def")
+    assert failed.status_code == 503
+    assert failed.mimetype == "application/problem+json"
+    assert failed.headers["Tus-Resumable"] == "1.0.0"
+    monkeypatch.undo()
+    assert client.head(path, headers=headers(owner)).headers["Upload-Offset"] == "3"
+    done = patch(client, owner, path, 3, b"def")  # the lease was released
+    assert done.status_code == 204
+    assert "Media-Location" in done.headers
+
+
+def test_a_failing_publish_leaves_the_upload_one_patch_short(
+    app: Flask, client: FlaskClient, owner: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from media_service.storage.interfaces import BackendUnavailable
+
+    path = create(client, owner, 6)
+    assert patch(client, owner, path, 0, b"abc").status_code == 204
+    media = service(app).media
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise BackendUnavailable("database", "down")
+
+    monkeypatch.setattr(media, "publish_upload", broken)
+    assert patch(client, owner, path, 3, b"def").status_code == 503
+    monkeypatch.undo()
+    assert client.head(path, headers=headers(owner)).headers["Upload-Offset"] == "3"
+    done = patch(client, owner, path, 3, b"def")
+    assert done.status_code == 204
+    item = client.get(
+        done.headers["Media-Location"].removeprefix("http://localhost"), headers=owner.basic
+    ).get_json()
+    assert item["etag"] == hashlib.md5(b"abcdef").hexdigest()
