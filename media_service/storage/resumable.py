@@ -10,6 +10,7 @@ PATCH. Only the holder of the record's lease may write or move the offset.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,17 @@ from typing import Any, Protocol, runtime_checkable
 
 from media_service.service.streams import Readable
 from media_service.storage.interfaces import Backends
+
+_UPLOAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def check_upload_id(upload_id: str) -> str:
+    """Return the id if it is a server-made upload id (a canonical UUID); else ValueError.
+
+    Staging stores build file names and object keys from it."""
+    if not isinstance(upload_id, str) or not _UPLOAD_ID.fullmatch(upload_id):
+        raise ValueError(f"invalid upload id: {upload_id!r}")
+    return upload_id
 
 
 @dataclass(frozen=True, slots=True)

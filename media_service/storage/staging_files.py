@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from media_service.service.streams import Readable
-from media_service.storage.files import _fsync_dir, _unavailable, check_key
+from media_service.storage.files import _fsync_dir, _unavailable
+from media_service.storage.resumable import check_upload_id
 
 STAGING_DIR = ".resumable"
 READ_SIZE = 64 * 1024  # small reads: the lease and the free-space check run between them
@@ -34,7 +35,7 @@ class FileStaging:
         return cls(Path(blobs.root) / STAGING_DIR)
 
     def _path(self, upload_id: str) -> Path:
-        return self.root / check_key(upload_id)
+        return self.root / check_upload_id(upload_id)
 
     def write(
         self,
@@ -128,7 +129,7 @@ class FileStaging:
             raise _unavailable(exc) from exc
         for entry in listed:
             try:
-                check_key(entry.name)
+                check_upload_id(entry.name)
                 mtime = entry.stat(follow_symlinks=False).st_mtime
             except (ValueError, FileNotFoundError):
                 continue

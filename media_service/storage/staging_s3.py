@@ -20,7 +20,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from media_service.service.streams import Readable
 from media_service.storage.interfaces import BackendUnavailable
-from media_service.storage.s3 import _translate, check_key
+from media_service.storage.resumable import check_upload_id
+from media_service.storage.s3 import _translate
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -47,7 +48,7 @@ class S3Staging:
         return cls(blobs.client, blobs.bucket, blobs.prefix + STAGING_PREFIX)
 
     def _key(self, upload_id: str, index: int) -> str:
-        return f"{self.prefix}{check_key(upload_id)}/{index:08d}"
+        return f"{self.prefix}{check_upload_id(upload_id)}/{index:08d}"
 
     def write(
         self,
@@ -112,7 +113,7 @@ class S3Staging:
 
     def delete(self, upload_id: str) -> None:
         """Delete every segment object of the upload."""
-        prefix = f"{self.prefix}{check_key(upload_id)}/"
+        prefix = f"{self.prefix}{check_upload_id(upload_id)}/"
         try:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
@@ -132,6 +133,10 @@ class S3Staging:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
                 for entry in page.get("Contents", []):
                     upload_id = entry["Key"][len(self.prefix) :].split("/", 1)[0]
+                    try:
+                        check_upload_id(upload_id)
+                    except ValueError:
+                        continue  # not something this store wrote
                     modified = entry["LastModified"].astimezone(UTC)
                     if upload_id not in newest or newest[upload_id] < modified:
                         newest[upload_id] = modified
