@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import uuid
 
@@ -27,12 +28,12 @@ from media_service.errors import (
 from media_service.http.dates import format_http_date
 from media_service.schemas.fields import normalise_mime_type
 from media_service.schemas.media import UploadFieldsSchema
-from media_service.service.resumable import ResumableService
+from media_service.service.resumable import CHECKSUM_ALGORITHMS, ResumableService
 from media_service.service.streams import MinimumRateInput
 from media_service.storage.resumable import ResumableUpload, resumable_ports
 
 TUS_VERSION = "1.0.0"
-TUS_EXTENSIONS = "creation,termination,expiration"
+TUS_EXTENSIONS = "creation,termination,expiration,checksum"
 OFFSET_TYPE = "application/offset+octet-stream"
 EXTENSION_KEY = "media_service.resumable"
 UPLOADS_PATH = f"{MEDIA_PREFIX}/uploads"
@@ -87,6 +88,7 @@ def options(upload_id: str | None = None) -> Response:
     response.headers["Tus-Version"] = TUS_VERSION
     response.headers["Tus-Extension"] = TUS_EXTENSIONS
     response.headers["Tus-Max-Size"] = str(resumable().max_size)
+    response.headers["Tus-Checksum-Algorithm"] = ",".join(CHECKSUM_ALGORITHMS)
     return response
 
 
@@ -126,7 +128,10 @@ def append(upload_id: str) -> Response:
     body = MinimumRateInput.for_environ(
         request.stream, request.environ, settings.upload_min_rate, settings.upload_rate_window
     )
-    upload = resumable().append(principal, upload_id, offset, body, request.content_length)
+    checksum = _upload_checksum(request.headers.get("Upload-Checksum"))
+    upload = resumable().append(
+        principal, upload_id, offset, body, request.content_length, checksum
+    )
     return _state_headers(Response(status=204), upload)
 
 
@@ -165,6 +170,33 @@ def _header_integer(name: str) -> int:
             invalid_parameters=[{"name": name, "reason": reason}],
         )
     return int(raw.strip())
+
+
+def _upload_checksum(header: str | None) -> tuple[str, bytes] | None:
+    """`Upload-Checksum: <algorithm> <base64 digest>` as (algorithm, digest), or None."""
+    if header is None:
+        return None
+    algorithm, _, value = header.strip().partition(" ")
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise ValidationFailed(
+            "The Upload-Checksum algorithm is not supported.",
+            invalid_parameters=[
+                {
+                    "name": "Upload-Checksum",
+                    "reason": f"Use one of {', '.join(CHECKSUM_ALGORITHMS)}.",
+                }
+            ],
+        )
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != hashlib.new(algorithm).digest_size:
+        raise ValidationFailed(
+            "The Upload-Checksum digest is not valid.",
+            invalid_parameters=[{"name": "Upload-Checksum", "reason": "Not a base64 digest."}],
+        )
+    return algorithm, digest
 
 
 def _upload_metadata(header: str | None) -> dict[str, str]:

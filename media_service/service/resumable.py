@@ -17,6 +17,7 @@ that leaves the upload one PATCH short, and the client resends the last chunk.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import uuid
@@ -51,6 +52,16 @@ class UploadLocked(ApiError):
 
 class LeaseLost(ApiError):
     status, title, slug = 409, "Conflict", "upload-lease-lost"
+
+
+class ChecksumMismatch(ApiError):
+    """tus checksum extension: the body does not match its Upload-Checksum (nothing kept)."""
+
+    status, title, slug = 460, "Checksum Mismatch", "upload-checksum-mismatch"
+
+
+# tus checksum extension: the algorithms a PATCH's Upload-Checksum may name.
+CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256")
 
 
 class ResumableService:
@@ -128,8 +139,13 @@ class ResumableService:
         offset: int,
         source: Readable,
         announced: int | None,
+        checksum: tuple[str, bytes] | None = None,
     ) -> ResumableUpload:
-        """Append the body at `offset`; finish the upload when it reaches its length."""
+        """Append the body at `offset`; finish the upload when it reaches its length.
+
+        With `checksum` (algorithm, digest) the body counts only once it is whole and matches:
+        its bytes are staged as they come, but the offset moves only after the check.
+        """
         upload = self.get(principal, upload_id)
         if upload.media_id is not None:
             if offset == upload.length and not announced:
@@ -145,7 +161,7 @@ class ResumableService:
         token = uuid.uuid4().hex
         self._claim(upload, offset, token)
         try:
-            return self._append_leased(upload, offset, source, token)
+            return self._append_leased(upload, offset, source, token, checksum)
         finally:
             with contextlib.suppress(StorageError):
                 self.uploads.release(upload.id, token)
@@ -163,26 +179,39 @@ class ResumableService:
             raise OffsetMismatch(f"The upload's offset is {at}, not {offset}.")
 
     def _append_leased(
-        self, upload: ResumableUpload, offset: int, source: Readable, token: str
+        self,
+        upload: ResumableUpload,
+        offset: int,
+        source: Readable,
+        token: str,
+        checksum: tuple[str, bytes] | None,
     ) -> ResumableUpload:
         committed = offset
 
-        def durable(end: int) -> None:
+        def advance(end: int) -> None:
             nonlocal committed
-            if end >= upload.length:
-                return  # recorded with the item's id by finish(), see the module docstring
             if not self.uploads.advance(upload.id, token, committed, end):
                 raise LeaseLost("This upload was taken over by another request.")
             committed = end
 
-        reader = _LeasedReader(source, self, upload.id, token)
+        def durable(end: int) -> None:
+            if end >= upload.length or checksum is not None:
+                return  # recorded after the check, or with the item's id by finish()
+            advance(end)
+
+        digest = hashlib.new(checksum[0]) if checksum is not None else None
+        reader = _LeasedReader(source, self, upload.id, token, digest)
         end = self.staging.write(upload.id, offset, reader, upload.length - offset, durable)
-        if end < upload.length:
-            return replace(upload, offset=committed)
-        if source.read(1):
+        if end == upload.length and source.read(1):
             raise PayloadTooLarge(
                 f"The body goes past the upload's length of {upload.length} bytes."
             )
+        if checksum is not None and digest is not None and digest.digest() != checksum[1]:
+            raise ChecksumMismatch(f"The body does not match its {checksum[0]} Upload-Checksum.")
+        if end < upload.length:
+            if end > committed:
+                advance(end)
+            return replace(upload, offset=committed)
         item = self._publish(upload, self.staging.open(upload.id, upload.length))
         if not self.uploads.finish(upload.id, token, item.id):
             log.warning("upload %s became item %s but its lease was lost", upload.id, item.id)
@@ -233,8 +262,16 @@ class _LeasedReader:
     """The PATCH body, renewing the lease (at most every quarter of it) and checking free
     space before each chunk is written."""
 
-    def __init__(self, source: Readable, service: ResumableService, upload_id: str, token: str):
+    def __init__(
+        self,
+        source: Readable,
+        service: ResumableService,
+        upload_id: str,
+        token: str,
+        digest: Any = None,
+    ) -> None:
         self._source = source
+        self._digest = digest
         self._service = service
         self._upload_id = upload_id
         self._token = token
@@ -243,6 +280,8 @@ class _LeasedReader:
     def read(self, size: int = -1, /) -> bytes:
         chunk = self._source.read(size)
         if chunk:
+            if self._digest is not None:
+                self._digest.update(chunk)
             service = self._service
             service.media.disk.check_chunk(len(chunk))
             now = service.clock()

@@ -77,7 +77,9 @@ def test_options_advertises_the_protocol(client: FlaskClient, app: Flask) -> Non
         "creation",
         "termination",
         "expiration",
+        "checksum",
     }
+    assert set(response.headers["Tus-Checksum-Algorithm"].split(",")) == {"md5", "sha1", "sha256"}
     assert response.headers["Tus-Max-Size"] == str(8 * 1024 * 1024)
 
 
@@ -452,3 +454,55 @@ def test_a_failing_publish_leaves_the_upload_one_patch_short(
         done.headers["Media-Location"].removeprefix("http://localhost"), headers=owner.basic
     ).get_json()
     assert item["etag"] == hashlib.md5(b"abcdef").hexdigest()
+
+
+def checksum(algorithm: str, body: bytes) -> str:
+    return f"{algorithm} {base64.b64encode(hashlib.new(algorithm, body).digest()).decode()}"
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha1", "sha256"])
+def test_checksums_are_verified_before_the_offset_moves(
+    client: FlaskClient, owner: Credentials, algorithm: str
+) -> None:
+    path = create(client, owner, 10)
+    good = patch(
+        client, owner, path, 0, b"abcd", **{"Upload-Checksum": checksum(algorithm, b"abcd")}
+    )
+    assert good.status_code == 204
+    assert good.headers["Upload-Offset"] == "4"
+    bad = patch(
+        client, owner, path, 4, b"efgh", **{"Upload-Checksum": checksum(algorithm, b"xxxx")}
+    )
+    assert bad.status_code == 460
+    assert bad.mimetype == "application/problem+json"
+    assert bad.headers["Tus-Resumable"] == "1.0.0"
+    assert client.head(path, headers=headers(owner)).headers["Upload-Offset"] == "4"
+    last = patch(
+        client, owner, path, 4, b"efghij", **{"Upload-Checksum": checksum(algorithm, b"efghij")}
+    )
+    assert last.status_code == 204
+    item = client.get(
+        last.headers["Media-Location"].removeprefix("http://localhost"), headers=owner.basic
+    ).get_json()
+    assert item["etag"] == hashlib.md5(b"abcdefghij").hexdigest()
+
+
+def test_a_wrong_checksum_on_the_last_patch_publishes_nothing(
+    client: FlaskClient, owner: Credentials
+) -> None:
+    path = create(client, owner, 3)
+    bad = patch(client, owner, path, 0, b"abc", **{"Upload-Checksum": checksum("sha1", b"abd")})
+    assert bad.status_code == 460
+    head = client.head(path, headers=headers(owner))
+    assert head.headers["Upload-Offset"] == "0"
+    assert "Media-Location" not in head.headers
+
+
+@pytest.mark.parametrize(
+    "value", ["crc32 AAAA", "sha1", "sha1 !!!", "sha1 " + base64.b64encode(b"short").decode()]
+)
+def test_a_malformed_checksum_is_400(client: FlaskClient, owner: Credentials, value: str) -> None:
+    path = create(client, owner, 3)
+    response = patch(client, owner, path, 0, b"abc", **{"Upload-Checksum": value})
+    assert response.status_code == 400
+    assert response.get_json()["invalid_parameters"][0]["name"] == "Upload-Checksum"

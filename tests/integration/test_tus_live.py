@@ -160,6 +160,21 @@ def test_tuspy_uploads_in_chunks(
         assert hashlib.md5(content.content).hexdigest() == item["etag"]
 
 
+def test_tuspy_with_checksums(live_server: StartServer, store_env: dict[str, str]) -> None:
+    server = live_server(workers=1, env=store_env)
+    auth = create_account(server)
+    source = PatternFile(3 * MiB)
+    uploader = tus(server, auth).uploader(
+        file_stream=source,
+        chunk_size=MiB,
+        upload_checksum=True,  # sha1 per PATCH
+    )
+    uploader.upload()
+    with http_session() as http:
+        item = item_of(http, uploader.request.response_headers["media-location"], auth)
+    assert item["etag"] == source.md5()
+
+
 def _create(http: requests.Session, server: LiveServer, auth: tuple[str, str], size: int) -> str:
     response = http.post(
         f"{server.url}/v3/media/uploads",
