@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from media_service import __version__
 from media_service.api import console, content, health, media
 from media_service.api.openapi import MediaApi
+from media_service.api.tus import install_resumable
 from media_service.backends import describe, open_backends
 from media_service.context import AppState, install
 from media_service.errors import register_error_handlers
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, *, backends: Backends | None = 
     api.register_blueprint(content.blp)
     app.register_blueprint(health.blp)
     app.register_blueprint(console.blp)
+    install_resumable(app)
     register_error_handlers(app)  # after Api(): replaces smorest's JSON error handler
     _install_request_ids(app)
     _install_schema_check(app, schema)

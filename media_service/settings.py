@@ -49,6 +49,8 @@ class Settings:
     upload_rate_window: float = 30.0  # seconds of grace before the minimum rate applies
     # New items that set neither ttl nor expires_at expire this many seconds after upload; 0: never.
     default_ttl_seconds: int = 0
+    resumable_expiry_seconds: int = 24 * 3600  # an unfinished tus upload lives this long
+    resumable_lock_seconds: int = 60  # a PATCH's lease on its upload, renewed while bytes flow
     log_level: str = "INFO"
     # Offloaded downloads: "presigned" answers a GET with a 302 to S3, "accel" hands the bytes of
     # the file store to nginx (X-Accel-Redirect); "off" streams them through the service.
@@ -98,6 +100,8 @@ class Settings:
             upload_rate_window=_float(env, "MEDIA_UPLOAD_RATE_WINDOW", 30.0),
             upload_stale_seconds=_int(env, "MEDIA_UPLOAD_STALE_SECONDS", 900, 10),
             default_ttl_seconds=_int(env, "MEDIA_DEFAULT_TTL", 0, 0),
+            resumable_expiry_seconds=_int(env, "MEDIA_RESUMABLE_EXPIRY", 24 * 3600, 60),
+            resumable_lock_seconds=_int(env, "MEDIA_RESUMABLE_LOCK_SECONDS", 60, 1),
             min_free_bytes=_int(env, "MEDIA_MIN_FREE_BYTES", DEFAULT_MIN_FREE_BYTES, 0),
             sqlite_spare_bytes=_int(env, "MEDIA_SQLITE_SPARE_BYTES", DEFAULT_SQLITE_SPARE_BYTES, 0),
             log_level=_choice(

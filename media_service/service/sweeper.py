@@ -16,6 +16,7 @@ Safe to run at any time, also beside live traffic, and idempotent:
 * a READY item (older than the grace period) whose blob is missing is reported, counted and
   logged as an error, never removed: its bytes were lost behind the service's back, and only
   an operator can tell whether to restore them or delete the item (downloads answer 503).
+* resumable (tus) uploads past their expiry go, staged bytes first (service/resumable_sweep.py);
 * a repository that keeps search counts beside its items (MongoDB) settles the count changes of
   writers that died midway (`heal_counts`), and likewise the quota reservations (`heal_quotas`):
   removing an item gives its reservation back, exactly once, on every repository.
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
 
+from media_service.service.resumable_sweep import sweep_resumable
 from media_service.storage.interfaces import (
     Backends,
     BlobNotFound,
@@ -50,6 +52,7 @@ class SweepReport:
     expired_removed: int = 0
     counts_healed: int = 0
     quotas_healed: int = 0
+    resumable_removed: int = 0  # expired tus uploads and orphaned staged bytes
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -138,6 +141,9 @@ def sweep(
     except StorageError as error:
         report.errors += 1
         log.warning("sweeper could not remove partial uploads: %s", error)
+    removed, errors = sweep_resumable(backends, now=now, grace=grace)
+    report.resumable_removed = removed
+    report.errors += errors
     return report
 
 

@@ -370,6 +370,7 @@ def test_cli_sweep_prints_a_json_report(
             "counts_healed": 0,
             "quotas_healed": 0,
             "expired_removed": 0,
+            "resumable_removed": 0,
             "errors": 0,
         }
         assert not exists(backends, pending)
