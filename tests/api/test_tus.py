@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from media_service.api.tus import EXTENSION_KEY
 from media_service.service.resumable import ResumableService
 from media_service.storage.interfaces import Backends
 from tests.conftest import Credentials
+from tests.problems import assert_problem
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = "application/offset+octet-stream"
@@ -506,3 +507,46 @@ def test_a_malformed_checksum_is_400(client: FlaskClient, owner: Credentials, va
     response = patch(client, owner, path, 0, b"abc", **{"Upload-Checksum": value})
     assert response.status_code == 400
     assert response.get_json()["invalid_parameters"][0]["name"] == "Upload-Checksum"
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_ttl_metadata_gives_the_item_its_expiry(client: FlaskClient, owner: Credentials) -> None:
+    before = datetime.now(UTC)
+    path = create(client, owner, len(WAV), filename="prompt.wav", ttl="3600")
+    last = send_all(client, owner, path, WAV, 4096)
+    item = client.get(
+        last.headers["Media-Location"].removeprefix("http://localhost"), headers=owner.basic
+    ).get_json()
+    expires = datetime.fromisoformat(item["expires_at"].replace("Z", "+00:00"))
+    assert (
+        before + timedelta(seconds=3600) <= expires <= datetime.now(UTC) + timedelta(seconds=3600)
+    )
+
+
+def test_both_expiry_fields_are_400_naming_them(client: FlaskClient, owner: Credentials) -> None:
+    response = client.post(
+        "/v3/media/uploads",
+        headers=headers(
+            owner,
+            **{
+                "Upload-Length": "10",
+                "Upload-Metadata": meta(ttl="60", expires_at="2999-01-01T00:00:00Z"),
+            },
+        ),
+    )
+    assert_problem(response, 400, ["ttl", "expires_at"])
+
+
+def test_the_account_quota_applies_to_resumable_uploads(
+    client: FlaskClient, owner: Credentials, backends: Backends
+) -> None:
+    backends.media.set_quota(owner.api_key, len(WAV) - 1, None)
+    path = create(client, owner, len(WAV), filename="too-big.wav")
+    last = patch(client, owner, path, 0, WAV)
+    body = assert_problem(last, 403)
+    assert body["type"].endswith("quota-exceeded")
+    found = client.get("/v3/media", headers=owner.basic).get_json()
+    assert found["count"] == 0
+    assert backends.media.quota(owner.api_key).bytes == 0
