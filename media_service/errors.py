@@ -120,6 +120,89 @@ class ContentUnavailable(ServiceUnavailable):
         super().__init__("The content of this media item is temporarily unavailable.")
 
 
+# --- uploads and downloads (raised by MediaService)
+
+
+class UploadAbandoned(ServiceUnavailable):
+    """The sweeper rolled the upload back: its bytes stopped for longer than the stale bound."""
+
+    slug = "upload-abandoned"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The upload stalled for too long and was rolled back; retry it from the start."
+        )
+
+
+class LimitReached(Forbidden):
+    slug = "download-limit-reached"
+
+    def __init__(self) -> None:
+        super().__init__("This item has reached its maximum number of anonymous downloads.")
+
+
+# --- request bodies (raised while an upload streams)
+
+
+class UploadTooLarge(PayloadTooLarge):
+    """The file is larger than MEDIA_MAX_UPLOAD_BYTES."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The file is larger than the maximum of {limit} bytes.")
+
+
+class ClientDisconnected(BadRequest):
+    """The client went away (or broke the body off) before the upload was complete."""
+
+    title, slug = "Incomplete request body", "client-disconnected"
+
+
+class MalformedMultipart(BadRequest):
+    title, slug = "Malformed multipart body", "malformed-multipart"
+
+
+class BodyTooSlow(ApiError):
+    """The upload body stalled or arrived slower than MEDIA_UPLOAD_MIN_RATE."""
+
+    status, title, slug = 408, "Request Timeout", "request-timeout"
+
+
+# --- quotas
+
+
+class QuotaExceeded(Forbidden):
+    slug = "quota-exceeded"
+
+
+# --- resumable uploads (tus 1.0.0)
+
+
+class UploadGone(ApiError):
+    status, title, slug = 410, "Gone", "upload-expired"
+
+
+class OffsetMismatch(ApiError):
+    status, title, slug = 409, "Conflict", "upload-offset-mismatch"
+
+
+class UploadLocked(ApiError):
+    status, title, slug = 423, "Locked", "upload-locked"
+
+
+class LeaseLost(ApiError):
+    status, title, slug = 409, "Conflict", "upload-lease-lost"
+
+
+class ChecksumMismatch(ApiError):
+    """tus checksum extension: the body does not match its Upload-Checksum (nothing kept)."""
+
+    status, title, slug = 460, "Checksum Mismatch", "upload-checksum-mismatch"
+
+
+class PreconditionFailed(ApiError):
+    status, title, slug = 412, "Precondition Failed", "tus-version-unsupported"
+
+
 def _flatten(messages: Any, prefix: str = "") -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if isinstance(messages, Mapping):

@@ -19,9 +19,9 @@ from media_service.api.common import MEDIA_PREFIX, info_url, public_base_url, re
 from media_service.api.upload import file_name_problem
 from media_service.context import app_state
 from media_service.errors import (
-    ApiError,
     BadRequest,
     NotFound,
+    PreconditionFailed,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -45,10 +45,6 @@ _KEY = re.compile(r"[!-+\--~]{1,128}")  # visible ASCII without space and comma
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 blp = Blueprint("tus", __name__, url_prefix=UPLOADS_PATH)
-
-
-class PreconditionFailed(ApiError):
-    status, title, slug = 412, "Precondition Failed", "tus-version-unsupported"
 
 
 def install_resumable(app: Flask) -> None:

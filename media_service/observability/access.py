@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 access_log = logging.getLogger("media_service.access")
 
 EXCHANGE_KEY = "media_service.exchange"
-LIMIT_REACHED = "download-limit-reached"  # the problem slug of service.media.LimitReached
+LIMIT_REACHED = "download-limit-reached"  # the problem slug of errors.LimitReached
 UNMATCHED_ROUTE = "<unmatched>"  # the route label of a path no URL rule matched
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _SECRET_QUERY_PARAMETERS = frozenset({"jwt-token"})

@@ -32,9 +32,10 @@ from media_service.errors import (
     ContentUnavailable,
     Forbidden,
     InsufficientStorage,
+    LimitReached,
     NotFound,
-    ServiceUnavailable,
     Unauthorized,
+    UploadAbandoned,
     ValidationFailed,
 )
 from media_service.schemas.expiry import Expiry
@@ -97,17 +98,6 @@ class DownloadAccess:
     by_owner: bool
 
 
-class UploadAbandoned(ServiceUnavailable):
-    """The sweeper rolled the upload back: its bytes stopped for longer than the stale bound."""
-
-    slug = "upload-abandoned"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The upload stalled for too long and was rolled back; retry it from the start."
-        )
-
-
 class Heartbeat:
     """Tell the sweeper an upload is alive: refresh its PENDING document at most every
     `interval`, whenever a chunk of its bytes goes by."""
@@ -137,13 +127,6 @@ class Heartbeat:
             return
         if not alive:
             raise UploadAbandoned()
-
-
-class LimitReached(Forbidden):
-    slug = "download-limit-reached"
-
-    def __init__(self) -> None:
-        super().__init__("This item has reached its maximum number of anonymous downloads.")
 
 
 class MediaService:

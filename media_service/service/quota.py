@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import logging
 
-from media_service.errors import Forbidden, ServiceUnavailable
+from media_service.errors import QuotaExceeded, ServiceUnavailable, UploadAbandoned
 from media_service.storage.interfaces import MediaRepository, Reservation, StorageError
 
 log = logging.getLogger(__name__)
-
-
-class QuotaExceeded(Forbidden):
-    slug = "quota-exceeded"
 
 
 class QuotaMeter:
@@ -57,8 +53,6 @@ class QuotaMeter:
         if outcome is Reservation.RESERVED:
             return
         if outcome is Reservation.NOT_PENDING:
-            from media_service.service.media import UploadAbandoned
-
             raise UploadAbandoned()
         raise QuotaExceeded(self._detail(what, asked))
 

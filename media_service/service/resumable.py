@@ -27,7 +27,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from media_service.auth import Principal
-from media_service.errors import ApiError, Forbidden, NotFound, PayloadTooLarge
+from media_service.errors import (
+    ChecksumMismatch,
+    Forbidden,
+    LeaseLost,
+    NotFound,
+    OffsetMismatch,
+    PayloadTooLarge,
+    UploadGone,
+    UploadLocked,
+)
 from media_service.schemas.media import UploadFieldsSchema
 from media_service.service.media import MediaService
 from media_service.service.streams import Readable
@@ -36,28 +45,6 @@ from media_service.storage.interfaces import MediaItem, StorageError
 from media_service.storage.resumable import Claim, ResumablePorts, ResumableUpload
 
 log = logging.getLogger(__name__)
-
-
-class UploadGone(ApiError):
-    status, title, slug = 410, "Gone", "upload-expired"
-
-
-class OffsetMismatch(ApiError):
-    status, title, slug = 409, "Conflict", "upload-offset-mismatch"
-
-
-class UploadLocked(ApiError):
-    status, title, slug = 423, "Locked", "upload-locked"
-
-
-class LeaseLost(ApiError):
-    status, title, slug = 409, "Conflict", "upload-lease-lost"
-
-
-class ChecksumMismatch(ApiError):
-    """tus checksum extension: the body does not match its Upload-Checksum (nothing kept)."""
-
-    status, title, slug = 460, "Checksum Mismatch", "upload-checksum-mismatch"
 
 
 # tus checksum extension: the algorithms a PATCH's Upload-Checksum may name.

@@ -19,7 +19,13 @@ from typing import Any, Protocol
 from werkzeug.exceptions import HTTPException
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
-from media_service.errors import ApiError, BadRequest, PayloadTooLarge
+from media_service.errors import (
+    BodyTooSlow,
+    ClientDisconnected,
+    MalformedMultipart,
+    PayloadTooLarge,
+    UploadTooLarge,
+)
 from media_service.serving.limits import RATE_FLOOR_ENVIRON_KEY, ClientTooSlow, RateFloor
 
 READ_SIZE = 1024 * 1024  # request body read size; also the blob store's write granularity
@@ -28,13 +34,6 @@ SNIFF_BYTES = 4096
 
 class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
-
-
-class UploadTooLarge(PayloadTooLarge):
-    """The file is larger than MEDIA_MAX_UPLOAD_BYTES."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"The file is larger than the maximum of {limit} bytes.")
 
 
 # Chunks at least this large are hashed on background threads (see _BackgroundHash); smaller
@@ -157,16 +156,6 @@ class FilePart:
     filename: str | None
     content_type: str | None
     reader: PartReader
-
-
-class ClientDisconnected(BadRequest):
-    """The client went away (or broke the body off) before the upload was complete."""
-
-    title, slug = "Incomplete request body", "client-disconnected"
-
-
-class MalformedMultipart(BadRequest):
-    title, slug = "Malformed multipart body", "malformed-multipart"
 
 
 @contextmanager
@@ -331,12 +320,6 @@ class CountingInput:
                 f"The request body is larger than the maximum of {self._limit} bytes."
             )
         return chunk
-
-
-class BodyTooSlow(ApiError):
-    """The upload body stalled or arrived slower than MEDIA_UPLOAD_MIN_RATE."""
-
-    status, title, slug = 408, "Request Timeout", "request-timeout"
 
 
 class MinimumRateInput:

@@ -10,8 +10,9 @@ import threading
 
 import pytest
 
+from media_service.errors import UploadTooLarge
 from media_service.service import streams
-from media_service.service.streams import HashingReader, UploadTooLarge
+from media_service.service.streams import HashingReader
 
 
 @pytest.mark.parametrize("size", [0, 1, 4096, 256 * 1024 - 1, 256 * 1024, 3 * 1024 * 1024 + 17])
