@@ -120,6 +120,23 @@ class ContentUnavailable(ServiceUnavailable):
         super().__init__("The content of this media item is temporarily unavailable.")
 
 
+# --- downloads: RFC 9110 preconditions and ranges (raised by the download view)
+
+
+class PreconditionFailed(ApiError):
+    status, title, slug = 412, "Precondition Failed", "precondition-failed"
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        super().__init__("A precondition in the request did not hold.", headers=headers)
+
+
+class RangeNotSatisfiable(ApiError):
+    status, title, slug = 416, "Range Not Satisfiable", "range-not-satisfiable"
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        super().__init__("The requested range is outside the content.", headers=headers)
+
+
 # --- uploads and downloads (raised by MediaService)
 
 
@@ -199,7 +216,7 @@ class ChecksumMismatch(ApiError):
     status, title, slug = 460, "Checksum Mismatch", "upload-checksum-mismatch"
 
 
-class PreconditionFailed(ApiError):
+class TusVersionUnsupported(ApiError):
     status, title, slug = 412, "Precondition Failed", "tus-version-unsupported"
 
 

@@ -11,7 +11,7 @@ from werkzeug.wsgi import wrap_file
 
 from media_service.api.common import MEDIA_PREFIX, optional_principal, parse_item_id
 from media_service.context import media_service, settings
-from media_service.errors import problem_response
+from media_service.errors import PreconditionFailed, RangeNotSatisfiable
 from media_service.http.conditional import DownloadPlan, Representation, evaluate, format_etag
 from media_service.http.dates import format_http_date
 from media_service.http.disposition import content_disposition
@@ -73,19 +73,11 @@ def download(item_id: str) -> Any:
 
     if plan.status == 304:
         return Response(status=304, headers=headers)
-    if plan.status in (412, 416):
-        problem = problem_response(
-            plan.status,
-            "Precondition Failed" if plan.status == 412 else "Range Not Satisfiable",
-            "A precondition in the request did not hold."
-            if plan.status == 412
-            else "The requested range is outside the content.",
-            slug="precondition-failed" if plan.status == 412 else "range-not-satisfiable",
-        )
-        problem.headers.extend(headers)
-        if plan.content_range:
-            problem.headers["Content-Range"] = plan.content_range
-        return problem
+    if plan.status == 412:
+        raise PreconditionFailed(headers)
+    if plan.status == 416:
+        unsatisfied = {"Content-Range": plan.content_range} if plan.content_range else {}
+        raise RangeNotSatisfiable({**headers, **unsatisfied})
 
     headers.update(_content_headers(item, plan))
     if request.method == "HEAD":

@@ -21,7 +21,7 @@ from media_service.context import app_state
 from media_service.errors import (
     BadRequest,
     NotFound,
-    PreconditionFailed,
+    TusVersionUnsupported,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -66,7 +66,7 @@ def _require_tus_version() -> None:
     if request.method == "OPTIONS":
         return
     if request.headers.get("Tus-Resumable") != TUS_VERSION:
-        raise PreconditionFailed(f"This server speaks tus {TUS_VERSION}: send Tus-Resumable.")
+        raise TusVersionUnsupported(f"This server speaks tus {TUS_VERSION}: send Tus-Resumable.")
 
 
 @blp.after_request
