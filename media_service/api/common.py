@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from flask import g, request
+from flask import request
 
-from media_service.auth import Principal, authenticate, check_acl, require
 from media_service.context import app_state
 from media_service.errors import ValidationFailed
 
 MEDIA_PREFIX = "/v3/media"
-
-
-def optional_principal() -> Principal | None:
-    """Authenticate if credentials were sent (invalid ones are always 401), then apply the ACL."""
-    principal = authenticate(
-        request.headers.get("Authorization"),
-        request.args.get("jwt-token"),
-        app_state().backends.credentials,
-    )
-    if principal is not None:
-        check_acl(principal, request.method, request.path)
-    g.principal = principal  # for the access log
-    return principal
-
-
-def required_principal() -> Principal:
-    return require(optional_principal())
 
 
 def parse_item_id(raw: str) -> str:

@@ -9,7 +9,9 @@ from flask import Response, request
 from flask_smorest import Blueprint
 from werkzeug.wsgi import wrap_file
 
-from media_service.api.common import MEDIA_PREFIX, optional_principal, parse_item_id
+from media_service.api.auth import auth_optional
+from media_service.api.common import MEDIA_PREFIX, parse_item_id
+from media_service.auth import Principal
 from media_service.context import media_service, settings
 from media_service.errors import PreconditionFailed, RangeNotSatisfiable
 from media_service.http.conditional import DownloadPlan, Representation, evaluate, format_etag
@@ -57,10 +59,10 @@ ACCEL_LOCATION = "/_media_accel/"
         "507": {"description": "A limited item's download cannot be counted: disk full"},
     },
 )
-def download(item_id: str) -> Any:
+@auth_optional
+def download(item_id: str, *, principal: Principal | None) -> Any:
     item_id = parse_item_id(item_id)
     # Authorisation first: a private item never answers 304 (nor shows its ETag) to strangers.
-    principal = optional_principal()
     service = media_service()
     access = service.get_for_download(principal, item_id)
     item = access.item

@@ -11,14 +11,15 @@ from flask import Response, current_app, request
 from flask_smorest import Blueprint
 from marshmallow import ValidationError
 
+from media_service.api.auth import auth_required
 from media_service.api.common import (
     MEDIA_PREFIX,
     info_url,
     parse_item_id,
-    required_principal,
 )
 from media_service.api.forms import given_more_than_once, multipart_fields, urlencoded_pairs
 from media_service.api.upload import receive_upload
+from media_service.auth import Principal
 from media_service.context import media_service
 from media_service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from media_service.http.dates import format_iso_millis
@@ -132,8 +133,8 @@ _UPLOAD_FIELDS: dict[str, dict[str, object]] = {
     **_errors("400", "401", "403", "503", "507"),
 )
 @blp.response(201, MediaItemSchema, headers={"Location": {"schema": {"type": "string"}}})
-def upload() -> Any:
-    principal = required_principal()
+@auth_required
+def upload(*, principal: Principal) -> Any:
     item = receive_upload(principal)
     return item, 201, {"Location": info_url(item.id)}
 
@@ -145,14 +146,16 @@ def upload() -> Any:
 @blp.arguments(SearchQuerySchema, location="query", as_kwargs=True)
 @blp.response(200, SearchResultSchema)
 @blp.doc(summary="List and search media items", **_errors("400", "401", "403", "503"))
+@auth_required
 def search(
     order: str,
     page_index: int,
     page_size: int,
     start_time: Any = None,
     end_time: Any = None,
+    *,
+    principal: Principal,
 ) -> Any:
-    principal = required_principal()
     page = media_service().search(
         principal,
         ascending=order == "ascending",
@@ -195,8 +198,8 @@ def _page_href(page_index: int) -> str:
 @blp.route("/<item_id>/info", methods=["GET"])
 @blp.response(200, MediaItemSchema)
 @blp.doc(summary="Retrieve a media item's metadata", **_errors("400", "401", "403", "404", "503"))
-def get_info(item_id: str) -> Any:
-    principal = required_principal()
+@auth_required
+def get_info(item_id: str, *, principal: Principal) -> Any:
     item = media_service().get_owned(principal, parse_item_id(item_id))
     # What @blp.response would answer (jsonify of MediaItemSchema's dump), built directly: the
     # generic dump costs as much as the rest of the view. The response passes through smorest.
@@ -289,8 +292,8 @@ UPDATE_DOC = {
 @blp.route("/<item_id>/info", methods=["PUT"], endpoint="update_info")
 @blp.route("/<item_id>", methods=["PUT"], endpoint="update")
 @blp.doc(**UPDATE_DOC)
-def update(item_id: str) -> Any:
-    principal = required_principal()
+@auth_required
+def update(item_id: str, *, principal: Principal) -> Any:
     item_id = parse_item_id(item_id)
     changes = _load_update(_read_update_body())
     item = media_service().update(principal, item_id, changes)
@@ -311,8 +314,8 @@ def update(item_id: str) -> Any:
         **_errors("400", "401", "403", "404", "503")["responses"],
     },
 )
-def delete(item_id: str) -> Any:
-    principal = required_principal()
+@auth_required
+def delete(item_id: str, *, principal: Principal) -> Any:
     media_service().delete(principal, parse_item_id(item_id))
     return Response(status=204)
 

@@ -15,8 +15,10 @@ import uuid
 from flask import Blueprint, Flask, Response, current_app, request
 from marshmallow import ValidationError
 
-from media_service.api.common import MEDIA_PREFIX, info_url, public_base_url, required_principal
+from media_service.api.auth import auth_required
+from media_service.api.common import MEDIA_PREFIX, info_url, public_base_url
 from media_service.api.upload import file_name_problem
+from media_service.auth import Principal
 from media_service.context import app_state
 from media_service.errors import (
     BadRequest,
@@ -89,8 +91,8 @@ def options(upload_id: str | None = None) -> Response:
 
 
 @blp.route("", methods=["POST"], provide_automatic_options=False)
-def create() -> Response:
-    principal = required_principal()
+@auth_required
+def create(*, principal: Principal) -> Response:
     if request.headers.get("Upload-Defer-Length") is not None:
         raise BadRequest("Upload-Defer-Length is not supported: send Upload-Length.")
     length = _header_integer("Upload-Length")
@@ -104,8 +106,8 @@ def create() -> Response:
 
 
 @blp.route("/<upload_id>", methods=["HEAD"], provide_automatic_options=False)
-def head(upload_id: str) -> Response:
-    principal = required_principal()
+@auth_required
+def head(upload_id: str, *, principal: Principal) -> Response:
     upload = resumable().get(principal, _upload_id(upload_id))
     response = _state_headers(Response(status=200), upload)
     response.headers["Upload-Length"] = str(upload.length)
@@ -114,8 +116,8 @@ def head(upload_id: str) -> Response:
 
 
 @blp.route("/<upload_id>", methods=["PATCH"], provide_automatic_options=False)
-def append(upload_id: str) -> Response:
-    principal = required_principal()
+@auth_required
+def append(upload_id: str, *, principal: Principal) -> Response:
     upload_id = _upload_id(upload_id)
     if request.mimetype != OFFSET_TYPE:
         raise UnsupportedMediaType(f"A PATCH body must be {OFFSET_TYPE}.")
@@ -132,8 +134,8 @@ def append(upload_id: str) -> Response:
 
 
 @blp.route("/<upload_id>", methods=["DELETE"], provide_automatic_options=False)
-def terminate(upload_id: str) -> Response:
-    principal = required_principal()
+@auth_required
+def terminate(upload_id: str, *, principal: Principal) -> Response:
     resumable().terminate(principal, _upload_id(upload_id))
     return Response(status=204)
 
