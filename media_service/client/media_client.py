@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -23,13 +23,26 @@ from media_service.client.download import (
     save_response,
     unsatisfied_size,
 )
-from media_service.client.errors import MediaClientError, error_from_response
+from media_service.client.errors import MediaApiError, MediaClientError, error_from_response
 from media_service.client.models import DownloadResult, MediaItem, SearchPage
 from media_service.client.multipart import (
     FilePart,
     MultipartBody,
     Readable,
     remaining_size,
+)
+from media_service.client.resumable import (
+    CHUNK_SIZE as TUS_CHUNK_SIZE,
+)
+from media_service.client.resumable import (
+    TUS_VERSION,
+    UPLOADS_PATH,
+    OnProgress,
+    TusSupport,
+    TusUpload,
+    UploadExpired,
+    encode_metadata,
+    parse_options,
 )
 
 MEDIA_PATH = "/v3/media"
@@ -60,6 +73,8 @@ class MediaClient:
         self._timeout = timeout
         self._owns_session = session is None
         self._session = session if session is not None else requests.Session()
+        self._tus: TusSupport | None = None
+        self._tus_asked = False
 
     def close(self) -> None:
         """Close the session if the client created it."""
@@ -149,6 +164,123 @@ class MediaClient:
         data = body if body.length is not None else iter(body)  # no len(): chunked
         response = self._send("POST", self._url(), expect=(200, 201), headers=headers, data=data)
         return _item(response)
+
+    # ------------------------------------------------------------------ resumable upload
+
+    def tus_support(self) -> TusSupport | None:
+        """What the service advertises for tus 1.0.0 at /v3/media/uploads (None: no tus).
+
+        Asked once with OPTIONS and remembered for the client's life; a failure to ask counts
+        as no tus, so a caller falls back to the multipart POST.
+        """
+        if not self._tus_asked:
+            # A failure to connect is raised and asked again next time; an answer is kept.
+            try:
+                response = self._send("OPTIONS", self._uploads_url(), expect=(200, 204, 404, 405))
+            except MediaApiError:
+                self._tus = None  # e.g. a proxy's 403 or 501: use what works everywhere
+            else:
+                response.close()
+                self._tus = parse_options(response)
+            self._tus_asked = True
+        return self._tus
+
+    def upload_resumable(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        filename: str | None = None,
+        upload_url: str | None = None,
+        on_created: Callable[[str], None] | None = None,
+        on_progress: OnProgress | None = None,
+        chunk_size: int = TUS_CHUNK_SIZE,
+        ttl: int | None = None,
+        **fields: Any,
+    ) -> MediaItem:
+        """Upload a file with tus: bytes in PATCH requests of `chunk_size`, resumed after a
+        broken connection or a 5xx from the server's offset (HEAD); returns the new item.
+
+        `fields` are those of `upload_file` (title, public, mime_type…), sent as
+        Upload-Metadata with the file name. `upload_url`, from an earlier `on_created`, goes on
+        with an unfinished upload of the same file (a new one is created if it has gone).
+        `on_progress` is told the bytes sent; after a resume it may be told a negative count,
+        the bytes the server did not keep. The item's ETag is checked against the file's MD5.
+        """
+        source = Path(path)
+        if filename is None:
+            filename = source.name
+        with source.open("rb") as file:
+            length = os.fstat(file.fileno()).st_size
+            upload: TusUpload | None = None
+            offset: int | None = None
+            if upload_url is not None:
+                upload = self._tus_upload(
+                    self._resolve(upload_url), file, length, chunk_size, on_progress
+                )
+                try:
+                    offset = upload.offset()
+                except UploadExpired:
+                    upload = None
+            if upload is None:
+                metadata = dict(_form_fields(filename=filename, ttl=ttl, **fields))
+                url = self._create_upload(length, metadata)
+                if on_created is not None:
+                    on_created(url)
+                upload = self._tus_upload(url, file, length, chunk_size, on_progress)
+                offset = 0
+            location = upload.send(offset)
+            file_md5 = upload.file_md5
+        item = self.get_at(location)
+        if item.etag and len(item.etag) == 32 and item.etag != file_md5:
+            # The service hashes what it stored (SPEC §1): another value means other bytes.
+            raise MediaClientError(
+                f"stored as {item.id}, but its ETag {item.etag} is not the MD5 of the file "
+                f"({file_md5}): check the item, delete it and upload again"
+            )
+        return item
+
+    def get_at(self, info_url: str) -> MediaItem:
+        """The item at an `/info` URL the service gave (e.g. a tus Media-Location)."""
+        headers = {"Accept": "application/json"}
+        return _item(self._send("GET", self._resolve(info_url), expect=(200,), headers=headers))
+
+    def _create_upload(self, length: int, metadata: Mapping[str, str]) -> str:
+        headers = {
+            "Tus-Resumable": TUS_VERSION,
+            "Upload-Length": str(length),
+            "Upload-Metadata": encode_metadata(metadata),
+        }
+        response = self._send("POST", self._uploads_url(), expect=(201,), headers=headers)
+        response.close()
+        location = response.headers.get("Location")
+        if not location:
+            raise MediaClientError("the service created an upload but sent no Location")
+        return self._resolve(location)
+
+    def _tus_upload(
+        self,
+        url: str,
+        file: IO[bytes],
+        length: int,
+        chunk_size: int,
+        on_progress: OnProgress | None,
+    ) -> TusUpload:
+        support = self.tus_support()
+        # Per-chunk MD5 only when offered: a server without the checksum extension would
+        # refuse the header or, worse, ignore it.
+        checksum = support is not None and "md5" in support.checksum_algorithms
+        return TusUpload(
+            self._send,
+            url,
+            file,
+            length,
+            chunk_size=chunk_size,
+            checksum=checksum,
+            on_progress=on_progress,
+        )
+
+    def _uploads_url(self) -> str:
+        return self.base_url + UPLOADS_PATH
 
     # ------------------------------------------------------------------ metadata
 

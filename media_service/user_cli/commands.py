@@ -35,6 +35,8 @@ from media_service.user_cli.connection import (
 )
 from media_service.user_cli.progress import MODES, Bar, Transfers
 from media_service.user_cli.transfers import (
+    RESUMABLE_MODES,
+    TUS_THRESHOLD,
     DownloadInterrupted,
     choose_uploader,
     fetch,
@@ -118,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_item_fields(upload, for_update=False)
     upload.add_argument("--info", help="free text, usually JSON (stored as metadata_primary)")
+    upload.add_argument(
+        "--resumable",
+        choices=RESUMABLE_MODES,
+        default="auto",
+        help="tus uploads that survive a broken connection or Ctrl-C: auto (files of "
+        f"{TUS_THRESHOLD // 2**20} MiB or more, when the service offers it), always, never",
+    )
     upload.add_argument("--json", action="store_true", help="a JSON array of the results")
 
     ls = command("ls", _ls, "list items, newest first (every page)")
@@ -226,7 +235,7 @@ def _upload_all(args: argparse.Namespace, connection: Connection, transfers: Tra
                 continue
             assert size is not None
             try:
-                item = _upload_one(client, path, size, fields, transfers, overall)
+                item = _upload_one(client, path, size, fields, transfers, overall, args.resumable)
             except MediaClientError as error:
                 text = describe(error)
                 results.append({"file": str(path), "ok": False, "error": text})
@@ -259,6 +268,7 @@ def _upload_one(
     fields: dict[str, Any],
     transfers: Transfers,
     overall: Bar,
+    resumable: str,
 ) -> MediaItem:
     bar = transfers.bar(path.name, size)
     sent = 0
@@ -270,7 +280,7 @@ def _upload_one(
         overall.advance(count)
 
     try:
-        return choose_uploader(client, size).upload(path, fields, on_bytes)
+        return choose_uploader(client, size, resumable).upload(path, fields, on_bytes)
     except OSError as error:
         raise MediaClientError(error.strerror or str(error)) from None
     finally:

@@ -1,8 +1,10 @@
-"""Moving bytes: the upload transport (the seam for resumable uploads) and resumable downloads."""
+"""Moving bytes: the upload transports (multipart; tus for large files) and resumable downloads."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +13,8 @@ from typing import IO, Any, Protocol
 
 from media_service.client import MediaClient, MediaClientError, MediaItem
 from media_service.client.download import file_md5
+from media_service.client.resumable import CHUNK_SIZE as DEFAULT_TUS_CHUNK_SIZE
+from media_service.client.resumable import may_pass
 from media_service.user_cli.progress import Bar, OnBytes, ProgressReader
 
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
@@ -46,16 +50,108 @@ class MultipartUploader:
         return item
 
 
-def choose_uploader(client: MediaClient, size: int) -> Uploader:
-    """The transport for a file of `size` bytes.
+class ResumableUploader:
+    """tus at /v3/media/uploads: an interrupted upload goes on from the server's offset, and
+    one stopped by Ctrl-C (or a lost connection) is taken up by the next `media upload FILE`."""
 
-    This is the one place to plug in resumable uploads: once the service offers tus at
-    /v3/media/uploads, return a tus uploader here for files above a threshold (when the
-    service advertises it, e.g. from an OPTIONS request), keeping the multipart POST for small
-    files and for servers without it. The command, its progress bar and its per-file results
-    do not change.
+    def __init__(self, client: MediaClient) -> None:
+        self._client = client
+
+    def upload(self, path: Path, fields: Mapping[str, Any], on_bytes: OnBytes) -> MediaItem:
+        state = UploadState.for_file(self._client.base_url, path, fields)
+        try:
+            item = self._client.upload_resumable(
+                path,
+                upload_url=state.url(),
+                on_created=state.remember,
+                on_progress=on_bytes,
+                chunk_size=TUS_CHUNK_SIZE,
+                **fields,
+            )
+        except MediaClientError as error:
+            if not may_pass(error):
+                state.forget()  # nothing to resume: the next run starts over
+            raise
+        state.forget()
+        return item
+
+
+class UploadState:
+    """The URL of an unfinished upload of one file, under $XDG_STATE_HOME/media/uploads.
+
+    The key covers the service, the file's path, size and modification time and the fields:
+    a changed file or other fields start a new upload rather than continue a wrong one.
     """
-    del size  # every size goes by multipart until resumable uploads exist
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def for_file(cls, base_url: str, file: Path, fields: Mapping[str, Any]) -> UploadState:
+        stat = file.stat()
+        identity = json.dumps(
+            [base_url, str(file.resolve()), stat.st_size, stat.st_mtime_ns, dict(fields)],
+            sort_keys=True,
+            default=str,
+        )
+        key = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
+        return cls(_state_home() / "media" / "uploads" / f"{key}.json")
+
+    def url(self) -> str | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        url = data.get("url") if isinstance(data, dict) else None
+        return url if isinstance(url, str) else None
+
+    def remember(self, url: str) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"url": url}), encoding="utf-8")
+        except OSError:
+            pass  # only a later resume is lost; this upload goes on
+
+    def forget(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _state_home() -> Path:
+    configured = os.environ.get("XDG_STATE_HOME")
+    if configured and os.path.isabs(configured):
+        return Path(configured)
+    return Path.home() / ".local" / "state"
+
+
+RESUMABLE_MODES = ("auto", "always", "never")
+TUS_THRESHOLD = 16 * 1024 * 1024  # smaller files go in one POST: a restart costs little
+TUS_CHUNK_SIZE = DEFAULT_TUS_CHUNK_SIZE
+
+
+def choose_uploader(client: MediaClient, size: int, mode: str = "auto") -> Uploader:
+    """The transport for a file of `size` bytes: tus for large files when the service offers
+    it (`mode` auto), for every file (always: an error without tus), or never.
+
+    The service is asked once per client (OPTIONS, see MediaClient.tus_support); a service
+    without tus 1.0.0, or whose Tus-Max-Size is below the file, gets the multipart POST.
+    """
+    if mode not in RESUMABLE_MODES:
+        raise ValueError(f"resumable mode must be one of {', '.join(RESUMABLE_MODES)}")
+    if mode == "never" or (mode == "auto" and size < TUS_THRESHOLD):
+        return MultipartUploader(client)
+    support = client.tus_support()
+    usable = (
+        support is not None
+        and "creation" in support.extensions
+        and (support.max_size is None or size <= support.max_size)
+    )
+    if usable:
+        return ResumableUploader(client)
+    if mode == "always":
+        raise MediaClientError("the service does not offer resumable uploads for this file")
     return MultipartUploader(client)
 
 

@@ -35,8 +35,10 @@ Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture(autouse=True)
-def _user_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No proxies, no netrc and no forced colour from the developer's or CI's environment."""
+def _user_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No proxies, no netrc and no forced colour from the developer's or CI's environment;
+    unfinished uploads are remembered under the test's own state directory."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("all_proxy", raising=False)
@@ -208,13 +210,14 @@ def test_upload_recursive_and_json(run: Run, tmp_path: Path) -> None:
 def test_the_upload_transport_is_chosen_per_file_by_size(
     run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`choose_uploader` is the seam where a resumable transport will be plugged in."""
+    """`choose_uploader` picks multipart or tus for each file."""
     from media_service.user_cli import commands
     from media_service.user_cli.transfers import MultipartUploader
 
     chosen: list[int] = []
 
-    def choose(client: MediaClient, size: int) -> MultipartUploader:
+    def choose(client: MediaClient, size: int, mode: str) -> MultipartUploader:
+        assert mode == "auto"
         chosen.append(size)
         return MultipartUploader(client)
 
@@ -223,6 +226,167 @@ def test_the_upload_transport_is_chosen_per_file_by_size(
     status, _, err = run("upload", *files)
     assert status == 0, err
     assert chosen == [3, 7]
+
+
+# --------------------------------------------------------------------------- resumable upload
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def small_tus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tus from 1 MiB in 1 MiB chunks, and quick retries: a few MiB exercise every path."""
+    from media_service.client import resumable
+    from media_service.user_cli import transfers
+
+    monkeypatch.setattr(transfers, "TUS_THRESHOLD", MIB)
+    monkeypatch.setattr(transfers, "TUS_CHUNK_SIZE", MIB)
+    monkeypatch.setattr(resumable, "BACKOFF", 0.01)
+
+
+def tus_requests(recorder: Recorder) -> list[tuple[str, str, dict[str, str]]]:
+    return [r for r in recorder.requests if r[1].startswith("/v3/media/uploads")]
+
+
+def cut_patch_body(recorder: Recorder, number: int, after: int) -> None:
+    """Cut the connection of the `number`th PATCH (1-based) once `after` bytes arrived."""
+    inner = recorder.app
+    seen = 0
+
+    def cutting(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        nonlocal seen
+        if environ["REQUEST_METHOD"] == "PATCH":
+            seen += 1
+            if seen == number:
+                environ["wsgi.input"] = _CutInput(
+                    environ["wsgi.input"], after, environ["werkzeug.socket"]
+                )
+        return inner(environ, start_response)
+
+    recorder.app = cutting
+
+
+class _CutInput:
+    def __init__(self, stream: Any, limit: int, sock: socket.socket) -> None:
+        self._stream, self._left, self._sock = stream, limit, sock
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            self._sock.shutdown(socket.SHUT_RDWR)
+            return b""
+        data: bytes = self._stream.read(self._left if size < 0 else min(size, self._left))
+        self._left -= len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+
+@pytest.mark.usefixtures("small_tus")
+def test_a_large_file_goes_by_tus_with_its_fields(
+    run: Run, recorder: Recorder, media: MediaClient, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * MIB + 17)
+    big = write(tmp_path / "big.bin", data)
+    small = write(tmp_path / "small.bin", b"small")
+    status, out, err = run("upload", big, small, "--public", "--title", "Big")
+    assert status == 0, err
+    big_id, small_id = (line.split("  ")[0] for line in out.splitlines())
+    item = media.get(big_id)
+    assert item.etag == md5(data) and item.media_size == len(data)
+    assert item.original_file_name == "big.bin" and item.public and item.title == "Big"
+    methods = [m for m, _, _ in tus_requests(recorder)]
+    assert methods == ["OPTIONS", "POST", "PATCH", "PATCH", "PATCH", "PATCH"]  # asked once
+    patches = [h for m, _, h in tus_requests(recorder) if m == "PATCH"]
+    assert [h["Upload-Offset"] for h in patches] == [str(n * MIB) for n in range(4)]
+    assert all(h["Upload-Checksum"].startswith("md5 ") for h in patches)
+    # The small file went by the multipart POST.
+    posts = [p for m, p, _ in recorder.requests if m == "POST" and p == "/v3/media"]
+    assert len(posts) == 1 and media.get(small_id).media_size == 5
+    assert not list((tmp_path / "state").rglob("*.json"))  # nothing left to resume
+
+
+@pytest.mark.usefixtures("small_tus")
+def test_a_connection_cut_mid_upload_resumes_from_the_servers_offset(
+    run: Run, recorder: Recorder, media: MediaClient, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * MIB)
+    path = write(tmp_path / "cut.bin", data)
+    cut_patch_body(recorder, number=2, after=MIB // 2)
+    status, out, err = run("upload", path)
+    assert status == 0, err
+    assert media.get(out.split()[0]).etag == md5(data)
+    methods = [m for m, _, _ in tus_requests(recorder)]
+    assert methods.count("POST") == 1 and "HEAD" in methods
+    head_at = methods.index("HEAD")
+    assert methods[head_at - 1] == "PATCH"  # the broken one
+    resumed = [h for m, _, h in tus_requests(recorder)[head_at:] if m == "PATCH"][0]
+    assert int(resumed["Upload-Offset"]) in range(MIB, 2 * MIB)  # not from the start
+
+
+@pytest.mark.usefixtures("small_tus")
+def test_an_interrupted_upload_is_taken_up_by_the_next_run(
+    run: Run,
+    recorder: Recorder,
+    media: MediaClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from media_service.client import resumable
+
+    monkeypatch.setattr(resumable, "RETRIES", 0)  # the first run gives up at the cut
+    data = os.urandom(3 * MIB)
+    path = write(tmp_path / "again.bin", data)
+    cut_patch_body(recorder, number=2, after=MIB // 4)
+    status, out, err = run("upload", path, "--title", "Again")
+    assert status == 1 and out == ""
+    assert list((tmp_path / "state").rglob("*.json"))  # the upload's URL, for the next run
+    first_run = len(recorder.requests)
+    status, out, err = run("upload", path, "--title", "Again")
+    assert status == 0, err
+    item = media.get(out.split()[0])
+    assert item.etag == md5(data) and item.title == "Again"
+    second = [(m, h) for m, p, h in recorder.requests[first_run:] if "/uploads" in p]
+    assert [m for m, _ in second][:3] == ["OPTIONS", "HEAD", "PATCH"]  # no new upload
+    assert int(second[2][1]["Upload-Offset"]) >= MIB
+    assert not list((tmp_path / "state").rglob("*.json"))
+
+
+@pytest.mark.usefixtures("small_tus")
+def test_a_service_without_tus_gets_the_multipart_post(
+    run: Run, recorder: Recorder, media: MediaClient, tmp_path: Path
+) -> None:
+    inner = recorder.app
+
+    def no_tus(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if environ["PATH_INFO"].startswith("/v3/media/uploads"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"no such thing"]
+        return inner(environ, start_response)
+
+    recorder.app = no_tus
+    data = os.urandom(2 * MIB)
+    path = write(tmp_path / "plain.bin", data)
+    status, out, err = run("upload", path)
+    assert status == 0, err
+    assert media.get(out.split()[0]).etag == md5(data)
+    assert [m for m, _, _ in tus_requests(recorder)] == ["OPTIONS"]
+    status, out, err = run("upload", path, "--resumable", "always")
+    assert status == 1 and "does not offer resumable uploads" in err
+
+
+@pytest.mark.usefixtures("small_tus")
+def test_resumable_never_and_progress_bars_with_tus(
+    run: Run, recorder: Recorder, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "shown.bin", os.urandom(2 * MIB))
+    status, _, err = run("upload", path, "--resumable", "never")
+    assert status == 0, err
+    assert tus_requests(recorder) == []
+    status, _, err = run("upload", path, "--progress", "always")
+    assert status == 0
+    assert "shown.bin" in err and BAR_GLYPH in err
+    assert [m for m, _, _ in tus_requests(recorder)].count("PATCH") == 2
 
 
 def test_an_upload_whose_etag_is_not_the_md5_sent_fails(
@@ -620,3 +784,16 @@ def test_upload_of_an_empty_directory(run: Run, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     status, out, err = run("upload", "-r", tmp_path / "empty")
     assert (status, out) == (2, "") and err.startswith("media: no files to upload")
+
+
+def test_resumable_always_takes_small_and_empty_files(
+    run: Run, recorder: Recorder, media: MediaClient, tmp_path: Path
+) -> None:
+    empty = write(tmp_path / "empty.bin", b"")
+    tiny = write(tmp_path / "tiny.txt", b"tiny")
+    status, out, err = run("upload", empty, tiny, "--resumable", "always")
+    assert status == 0, err
+    sizes = [media.get(line.split()[0]).media_size for line in out.splitlines()]
+    assert sizes == [0, 4]
+    assert [m for m, p, _ in recorder.requests if m == "POST"] == ["POST", "POST"]
+    assert all(p == "/v3/media/uploads" for m, p, _ in recorder.requests if m == "POST")

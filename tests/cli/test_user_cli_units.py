@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from media_service.auth import generate_rsa_keypair
-from media_service.client import BasicAuth, JwtAuth
+from media_service.client import BasicAuth, JwtAuth, MediaClientError
+from media_service.client.resumable import TusSupport
 from media_service.user_cli.connection import (
     ConnectionConfigError,
     add_connection_arguments,
@@ -18,6 +19,13 @@ from media_service.user_cli.connection import (
 )
 from media_service.user_cli.output import human_size, parse_when, timestamp, write_table
 from media_service.user_cli.progress import Transfers
+from media_service.user_cli.transfers import (
+    TUS_THRESHOLD,
+    MultipartUploader,
+    ResumableUploader,
+    UploadState,
+    choose_uploader,
+)
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -159,3 +167,63 @@ def test_a_key_that_is_not_rsa_pem(tmp_path: Path) -> None:
     bad.write_text("not a key")
     with pytest.raises(ConnectionConfigError, match="not an unencrypted PEM private key"):
         resolve(parse("--application-id", "a", "--private-key-file", str(bad)), {})
+
+
+class _FakeClient:
+    """Only what choose_uploader asks of a MediaClient: the advertised tus support."""
+
+    def __init__(self, support: TusSupport | None) -> None:
+        self.support = support
+        self.asked = 0
+
+    def tus_support(self) -> TusSupport | None:
+        self.asked += 1
+        return self.support
+
+
+TUS = TusSupport(frozenset({"creation", "checksum"}), 100 * 2**20, frozenset({"md5"}))
+
+
+@pytest.mark.parametrize(
+    ("support", "size", "mode", "expected", "asks"),
+    [
+        (TUS, TUS_THRESHOLD - 1, "auto", MultipartUploader, 0),  # small: no OPTIONS at all
+        (TUS, TUS_THRESHOLD, "auto", ResumableUploader, 1),
+        (TUS, 101 * 2**20, "auto", MultipartUploader, 1),  # over Tus-Max-Size
+        (None, TUS_THRESHOLD, "auto", MultipartUploader, 1),
+        (TUS, 10, "always", ResumableUploader, 1),
+        (TUS, TUS_THRESHOLD, "never", MultipartUploader, 0),
+        (TusSupport(frozenset(), None, frozenset()), TUS_THRESHOLD, "auto", MultipartUploader, 1),
+    ],
+)
+def test_choose_uploader(
+    support: TusSupport | None, size: int, mode: str, expected: type, asks: int
+) -> None:
+    client = _FakeClient(support)
+    assert isinstance(choose_uploader(client, size, mode), expected)  # type: ignore[arg-type]
+    assert client.asked == asks
+
+
+def test_resumable_always_without_tus_is_an_error() -> None:
+    with pytest.raises(MediaClientError, match="does not offer resumable uploads"):
+        choose_uploader(_FakeClient(None), 10, "always")  # type: ignore[arg-type]
+
+
+def test_upload_state_is_per_file_fields_and_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    file = tmp_path / "f.bin"
+    file.write_bytes(b"abc")
+    state = UploadState.for_file("http://a", file, {"title": "T"})
+    assert state.url() is None
+    state.remember("http://a/v3/media/uploads/1")
+    assert UploadState.for_file("http://a", file, {"title": "T"}).url() == (
+        "http://a/v3/media/uploads/1"
+    )
+    assert UploadState.for_file("http://b", file, {"title": "T"}).url() is None
+    assert UploadState.for_file("http://a", file, {"title": "U"}).url() is None
+    file.write_bytes(b"abcd")
+    assert UploadState.for_file("http://a", file, {"title": "T"}).url() is None
+    state.forget()
+    assert state.url() is None and not state.path.exists()

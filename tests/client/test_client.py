@@ -643,3 +643,116 @@ def test_seekable_files_announce_their_length_and_streams_are_chunked(
             f"0123456789\r\n--{boundary}--\r\n"
         ).encode()
     )
+
+
+# --------------------------------------------------------------------------- resumable (tus)
+
+
+def test_upload_resumable_in_chunks_with_fields_and_progress(
+    media: MediaClient, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * MIB + 5)
+    path = tmp_path / "tus.bin"
+    path.write_bytes(data)
+    support = media.tus_support()
+    assert support is not None and "md5" in support.checksum_algorithms
+    progress: list[int] = []
+    created: list[str] = []
+    item = media.upload_resumable(
+        path,
+        chunk_size=MIB,
+        on_progress=progress.append,
+        on_created=created.append,
+        title="Resumed",
+        public=True,
+        metadata_primary={"k": 1},
+    )
+    assert item.etag == hashlib.md5(data).hexdigest() and item.media_size == len(data)
+    assert item.title == "Resumed" and item.public and item.original_file_name == "tus.bin"
+    assert item.metadata_primary == '{"k": 1}'
+    assert sum(progress) == len(data) and max(progress) <= MIB
+    assert len(created) == 1 and "/v3/media/uploads/" in created[0]
+    out = tmp_path / "back.bin"
+    media.download(item.id, out)
+    assert out.read_bytes() == data
+
+
+class FailingPatches:
+    """WSGI middleware answering the given statuses to the first PATCH requests, then passing."""
+
+    def __init__(self, app: Any, statuses: list[int]) -> None:
+        self.app = app
+        self.statuses = statuses
+        self.seen: list[str] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        self.seen.append(environ["REQUEST_METHOD"])
+        if environ["REQUEST_METHOD"] == "PATCH" and self.statuses:
+            get_input_stream(environ).read()  # the body, so the connection stays usable
+            status = self.statuses.pop(0)
+            start_response(f"{status} Failing", [("Content-Type", "text/plain")])
+            return [b"try again"]
+        return self.app(environ, start_response)
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from media_service.client import resumable
+
+    monkeypatch.setattr(resumable, "BACKOFF", 0.01)
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_upload_resumable_retries_5xx_and_423_from_heads_offset(
+    request: pytest.FixtureRequest, app: Flask, owner: Credentials, make_client, tmp_path: Path
+) -> None:
+    failing = FailingPatches(app.wsgi_app, [503, 423, 500])
+    app.wsgi_app = failing  # type: ignore[method-assign]
+    client = make_client(serve(request, app), basic(owner))
+    data = os.urandom(2 * MIB)
+    path = tmp_path / "retried.bin"
+    path.write_bytes(data)
+    progress: list[int] = []
+    item = client.upload_resumable(path, chunk_size=MIB, on_progress=progress.append)
+    assert item.etag == hashlib.md5(data).hexdigest()
+    assert failing.seen.count("HEAD") == 3 and failing.seen.count("PATCH") == 5
+    assert sum(progress) == len(data)  # the bytes of failed PATCHes were taken back
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_upload_resumable_gives_up_after_the_retries(
+    request: pytest.FixtureRequest, app: Flask, owner: Credentials, make_client, tmp_path: Path
+) -> None:
+    from media_service.client import resumable
+
+    failing = FailingPatches(app.wsgi_app, [503] * 10)
+    app.wsgi_app = failing  # type: ignore[method-assign]
+    client = make_client(serve(request, app), basic(owner))
+    path = tmp_path / "doomed.bin"
+    path.write_bytes(b"x" * 1000)
+    with pytest.raises(Unavailable):
+        client.upload_resumable(path)
+    assert failing.seen.count("PATCH") == resumable.RETRIES + 1
+
+
+def test_upload_resumable_with_a_gone_upload_url_starts_a_new_upload(
+    media: MediaClient, tmp_path: Path
+) -> None:
+    path = tmp_path / "fresh.bin"
+    path.write_bytes(b"fresh bytes")
+    created: list[str] = []
+    gone = f"{media.base_url}/v3/media/uploads/{uuid.uuid4().hex}"
+    item = media.upload_resumable(path, upload_url=gone, on_created=created.append)
+    assert item.etag == hashlib.md5(b"fresh bytes").hexdigest()
+    assert len(created) == 1 and created[0] != gone
+
+
+def test_tus_support_is_none_without_tus(
+    request: pytest.FixtureRequest, make_client: ClientFactory, owner: Credentials
+) -> None:
+    def no_tus(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"nothing here"]
+
+    client = make_client(serve(request, no_tus), basic(owner))
+    assert client.tus_support() is None
