@@ -3,7 +3,8 @@
 The page is opened with `?tus_threshold=&tus_chunk=` lowered, so a 960 kB clip goes through tus
 in 64 KiB slices; upload throughput is throttled through the DevTools protocol so the test can
 watch the bar move, cut the connection mid-upload (offline fails the PATCH in flight) and see
-the console ask the server for its offset and finish from there.
+the console ask the server for its offset and finish from there; with "Stay signed in" a reload
+mid-upload and a re-drop of the file resume the same upload.
 """
 
 from __future__ import annotations
@@ -137,4 +138,48 @@ def test_cancel_during_a_tus_upload_removes_the_upload(
 
     wait_for(page, lambda d: upload_status() == 404, "the upload terminated")
     assert search_count(console_server, account) == before
+    assert_no_script_errors(page)
+
+
+def test_with_stay_signed_in_a_reload_resumes_the_same_upload(
+    browser: BrowserFactory,
+    console_server: LiveServer,
+    account: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    content = wav_bytes(60.0)
+    clip = tmp_path / "reloaded.wav"
+    clip.write_bytes(content)
+    page = browser()
+    page.driver.get(f"{console_server.url}{TUS_PAGE}")
+    wait_for(page, lambda d: d.execute_script("return document.body.dataset.ready"), "ready")
+    by_id(page, "api-key").send_keys(account[0])
+    by_id(page, "api-secret").send_keys(account[1])
+    by_id(page, "remember").click()
+    by_id(page, "sign-in-submit").click()
+    wait_for(page, lambda d: by_id(page, "workspace").is_displayed(), "signed in")
+    network(page, upload=100_000)
+    start_tus_upload(page, clip, "Survives a reload")
+    wait_for(page, lambda d: progress_percent(page) >= 30, "a third sent")
+    (upload_url,) = upload_urls(page)
+
+    page.driver.refresh()  # the PATCH in flight is cut; the session and the upload's URL stay
+    wait_for(page, lambda d: by_id(page, "workspace").is_displayed(), "signed in again")
+    network(page)
+    start_tus_upload(page, clip, "Survives a reload")
+    wait_for(page, lambda d: "Uploaded Survives a reload." in by_id(page, "notice").text, "done")
+    assert upload_urls(page) == {upload_url}  # the same upload, not a new one
+
+    with http_session() as http:
+        found = http.get(
+            f"{console_server.url}/v3/media",
+            params={"start_time": "2000-01-01T00:00:00.000Z", "page_size": 100},
+            auth=account,
+            timeout=10,
+        ).json()["_embedded"]["media"]
+    (stored,) = [item for item in found if item["original_file_name"] == "reloaded.wav"]
+    assert stored["etag"] == hashlib.md5(content).hexdigest()
+    assert stored["media_size"] == len(content)
+    keys = page.driver.execute_script("return Object.keys(sessionStorage)")
+    assert not [key for key in keys if key.startswith("media-console.upload:")]
     assert_no_script_errors(page)

@@ -18,6 +18,7 @@
   // ---- state ---------------------------------------------------------------------------------
 
   let session = null; // {mode, authorization, label, expiresAt}
+  let remembered = false; // "Stay signed in": session state may outlive a reload
   let query = null; // the filters of the last search: {order, page_size, start_time?, end_time?}
   let pageIndex = 0;
   let items = new Map(); // id -> item, for the page on screen
@@ -265,6 +266,7 @@
       $("sign-in-submit").disabled = false;
     }
     session = candidate;
+    remembered = remember;
     saveSession(remember);
     $("api-secret").value = "";
     $("jwt").value = "";
@@ -286,8 +288,10 @@
   function signOut() {
     session = null;
     tusOffered = null; // the next sign-in may be to a redeployed server: ask again
-    saveSession(false);
     if (currentUpload) currentUpload.cancel();
+    forgetAllUploads();
+    remembered = false;
+    saveSession(false);
     clearItems();
     query = null;
     show($("workspace"), false);
@@ -690,10 +694,10 @@
     });
   }
 
-  // PATCH slice after slice; after a failure, HEAD for the server's offset (its word, not ours:
-  // part of the lost slice may have landed) and go on from there.
-  async function tusSend(state, file, onProgress) {
-    let offset = 0; // null: ask the server
+  // PATCH slice after slice from `offset`; after a failure, HEAD for the server's offset (its
+  // word, not ours: part of the lost slice may have landed) and go on from there.
+  async function tusSend(state, file, onProgress, start) {
+    let offset = start; // null: ask the server
     let failures = 0;
     for (;;) {
       try {
@@ -716,9 +720,80 @@
     }
   }
 
+  // ---- upload: unfinished tus uploads across a reload -----------------------------------------
+  //
+  // With "Stay signed in" on, an upload's URL is kept in sessionStorage under the file's name,
+  // size and modification time, so dropping the same file after a reload asks the server where
+  // it got to instead of starting over. Without it nothing is kept: the reload signed the user
+  // out, and the upload is session state like the credentials. Sign-out forgets them all.
+
+  const UPLOAD_KEY_PREFIX = "media-console.upload:";
+
+  function uploadKey(file) {
+    return UPLOAD_KEY_PREFIX + JSON.stringify([file.name, file.size, file.lastModified]);
+  }
+
+  function recallUpload(state, file) {
+    if (!state.remember) return null;
+    try {
+      const saved = JSON.parse(sessionStorage.getItem(uploadKey(file)) || "null");
+      // Another principal's upload would only be refused: start over rather than ask.
+      const ours = saved && typeof saved.url === "string" && saved.label === state.auth.label;
+      if (ours) return saved.url;
+    } catch (_error) {
+      // Unreadable: start over.
+    }
+    return null;
+  }
+
+  function keepUpload(state, file) {
+    if (!state.remember) return;
+    try {
+      const kept = {url: state.url, label: state.auth.label};
+      sessionStorage.setItem(uploadKey(file), JSON.stringify(kept));
+    } catch (_error) {
+      // Storage refused: the upload still works, it just cannot outlive the page.
+    }
+  }
+
+  function forgetUpload(file) {
+    try {
+      sessionStorage.removeItem(uploadKey(file));
+    } catch (_error) {
+      // Nothing kept.
+    }
+  }
+
+  function forgetAllUploads() {
+    try {
+      const keys = [];
+      for (let i = 0; i < sessionStorage.length; i += 1) keys.push(sessionStorage.key(i));
+      for (const key of keys) if (key.startsWith(UPLOAD_KEY_PREFIX)) sessionStorage.removeItem(key);
+    } catch (_error) {
+      // Nothing kept.
+    }
+  }
+
+  // A kept upload's state on the server, or null when it is gone (expired, deleted, finished
+  // and forgotten) or unreachable: then a new upload starts, which is always correct.
+  async function resumedStatus(state, file) {
+    const url = recallUpload(state, file);
+    if (!url) return null;
+    state.url = url;
+    try {
+      return await tusHead(state);
+    } catch (_error) {
+      if (state.cancelled) throw cancelledError();
+      forgetUpload(file);
+      state.url = null;
+      return null;
+    }
+  }
+
   // Give the server's bytes back; once is enough, and a failure only leaves them to expire.
   // It uses the credentials the upload started with: signing out cancels after `session` is gone.
   function tusTerminate(state) {
+    if (state.file) forgetUpload(state.file);
     if (!state.url || state.terminated) return;
     state.terminated = true;
     api(state.url, {method: "DELETE", headers: {"Tus-Resumable": TUS_VERSION}}, state.auth).catch(
@@ -726,23 +801,37 @@
     );
   }
 
-  async function tusRun(state, file, fields, onProgress) {
+  // The upload's URL: a kept one the server still has (and its offset), else a new one.
+  async function tusStart(state, file, fields) {
+    const resumed = await resumedStatus(state, file);
+    if (resumed) return resumed;
     try {
       state.url = await tusCreate(state, file, fields);
     } catch (error) {
       throw state.cancelled ? cancelledError() : error;
     }
+    keepUpload(state, file);
+    return {offset: 0, location: null};
+  }
+
+  async function tusRun(state, file, fields, onProgress) {
+    const start = await tusStart(state, file, fields);
     if (state.cancelled) {
-      tusTerminate(state); // Cancel came while the POST was on its way
+      tusTerminate(state); // Cancel came while the POST or HEAD was on its way
       throw cancelledError();
     }
-    let location;
+    let location = start.location; // a kept upload may have finished before the reload
     try {
-      location = await tusSend(state, file, onProgress);
+      if (!location) {
+        onProgress(start.offset, file.size);
+        location = await tusSend(state, file, onProgress, start.offset);
+      }
     } catch (error) {
-      tusTerminate(state); // nothing here resumes it later: free the server's bytes now
+      // Kept, a re-drop of the file resumes it; otherwise nothing will: free the bytes now.
+      if (!state.remember || state.cancelled) tusTerminate(state);
       throw error;
     }
+    forgetUpload(file);
     const response = await api(location, {}, state.auth);
     return response.json();
   }
@@ -750,6 +839,8 @@
   function tusTransport({file, fields, onProgress}) {
     const state = {
       auth: session,
+      remember: remembered,
+      file,
       url: null,
       xhr: null,
       abort: new AbortController(),
