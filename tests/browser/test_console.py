@@ -64,8 +64,10 @@ def card_text(browser: Browser, item_id: str, selector: str) -> str | None:
     return text
 
 
-def sign_in_basic(browser: Browser, server: LiveServer, key: str, secret: str) -> None:
-    browser.driver.get(f"{server.url}/console")
+def sign_in_basic(
+    browser: Browser, server: LiveServer, key: str, secret: str, path: str = "/console"
+) -> None:
+    browser.driver.get(f"{server.url}{path}")
     wait_for(browser, lambda d: d.execute_script("return document.body.dataset.ready"), "ready")
     by_id(browser, "api-key").send_keys(key)
     by_id(browser, "api-secret").send_keys(secret)

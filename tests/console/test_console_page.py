@@ -168,3 +168,15 @@ def test_ci_runs_the_browser_tests_after_installing_chromium() -> None:
     options = config["tool"]["pytest"]["ini_options"]
     assert "-m 'not browser'" in options["addopts"]
     assert any(marker.startswith("browser:") for marker in options["markers"])
+
+
+def test_the_script_speaks_the_servers_tus_version_on_this_origin() -> None:
+    """The console's tus client names the version and path the server serves, and reduces the
+    URLs the server hands back to paths, so connect-src 'self' always allows them."""
+    from media_service.api.tus import OFFSET_TYPE, TUS_VERSION
+
+    source = (ASSETS_DIR / "console.js").read_text(encoding="utf-8")
+    assert f'const TUS_VERSION = "{TUS_VERSION}";' in source
+    assert 'const TUS_PATH = API + "/uploads";' in source
+    assert f'"Content-Type", "{OFFSET_TYPE}"' in source
+    assert source.count("sameOriginPath(") >= 3  # its definition, Location, Media-Location

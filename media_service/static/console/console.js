@@ -18,6 +18,7 @@
   // ---- state ---------------------------------------------------------------------------------
 
   let session = null; // {mode, authorization, label, expiresAt}
+  let remembered = false; // "Stay signed in": session state may outlive a reload
   let query = null; // the filters of the last search: {order, page_size, start_time?, end_time?}
   let pageIndex = 0;
   let items = new Map(); // id -> item, for the page on screen
@@ -265,6 +266,7 @@
       $("sign-in-submit").disabled = false;
     }
     session = candidate;
+    remembered = remember;
     saveSession(remember);
     $("api-secret").value = "";
     $("jwt").value = "";
@@ -285,8 +287,11 @@
 
   function signOut() {
     session = null;
-    saveSession(false);
+    tusOffered = null; // the next sign-in may be to a redeployed server: ask again
     if (currentUpload) currentUpload.cancel();
+    forgetAllUploads();
+    remembered = false;
+    saveSession(false);
     clearItems();
     query = null;
     show($("workspace"), false);
@@ -524,10 +529,22 @@
   // ---- upload --------------------------------------------------------------------------------
 
   // Upload transports take {file, fields, onProgress} and return {promise, cancel}; the promise
-  // resolves with the stored item. Today there is one: a multipart POST to /v3/media over XHR
-  // (fetch cannot report upload progress). A resumable transport (tus at /v3/media/uploads) is
-  // meant to sit beside it in `transports`, with chooseTransport() picking it for large files
-  // once the server offers it; nothing else in the console needs to change.
+  // resolves with the stored item. Two sit in `transports`: a multipart POST to /v3/media over
+  // XHR (fetch cannot report upload progress), and tus at /v3/media/uploads for large files,
+  // which survives a lost connection. chooseTransport() picks one; nothing else needs to know.
+  // onProgress(loaded, total, note): `note` says why the bar paused (a resume), if it did.
+  function parsedOrNull(text) {
+    try {
+      return JSON.parse(text);
+    } catch (_error) {
+      return null;
+    }
+  }
+
+  function cancelledError() {
+    return new ApiError(0, {title: "Upload cancelled", cancelled: true});
+  }
+
   function multipartTransport({file, fields, onProgress}) {
     const xhr = new XMLHttpRequest();
     const promise = new Promise((resolve, reject) => {
@@ -541,29 +558,312 @@
         if (event.lengthComputable) onProgress(event.loaded, event.total);
       });
       xhr.addEventListener("load", () => {
-        let parsed = null;
-        try {
-          parsed = JSON.parse(xhr.responseText);
-        } catch (_error) {
-          parsed = null;
-        }
+        const parsed = parsedOrNull(xhr.responseText);
         if (xhr.status === 201 && parsed) resolve(parsed);
         else reject(new ApiError(xhr.status, parsed));
       });
       xhr.addEventListener("error", () =>
         reject(new ApiError(0, {title: "The upload failed", detail: "the connection was lost"})),
       );
-      xhr.addEventListener("abort", () =>
-        reject(new ApiError(0, {title: "Upload cancelled", cancelled: true})),
-      );
+      xhr.addEventListener("abort", () => reject(cancelledError()));
       xhr.send(body);
     });
     return {promise, cancel: () => xhr.abort()};
   }
 
-  const transports = {multipart: multipartTransport};
+  // ---- upload: tus (resumable) ---------------------------------------------------------------
 
-  function chooseTransport(_file) {
+  const TUS_VERSION = "1.0.0";
+  const TUS_PATH = API + "/uploads";
+  const TUS_RETRIES = 6; // consecutive failures before giving up: ~30 s of backoff in all
+  const TUS_BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000];
+  // Statuses after which the server still holds the upload: ask it where it got to and go on.
+  // 409 is an offset the server disagrees with, 423 a PATCH still running for a dropped socket.
+  const TUS_RESUMABLE_STATUS = new Set([0, 409, 423]);
+
+  // Sizes in bytes. The page may lower both with ?tus_threshold=&tus_chunk= (the browser tests
+  // do, to exercise tus without 8 MiB files); that only changes which valid route a file takes
+  // and how finely it is sliced, so it is harmless to leave reachable. The slice is clamped so a
+  // stray value cannot turn one upload into thousands of requests.
+  const TUS_SETTINGS = (() => {
+    const params = new URLSearchParams(location.search);
+    const number = (name, fallback) => {
+      const value = Number(params.get(name));
+      return params.has(name) && Number.isSafeInteger(value) && value >= 0 ? value : fallback;
+    };
+    const MiB = 1024 * 1024;
+    return {
+      threshold: number("tus_threshold", 8 * MiB),
+      chunk: Math.min(8 * MiB, Math.max(64 * 1024, number("tus_chunk", 8 * MiB))),
+    };
+  })();
+
+  let tusOffered = null; // a promise of whether the server speaks tus, asked once per session
+
+  // OPTIONS needs no credentials, but the console sends them on every request all the same.
+  function serverSpeaksTus() {
+    if (!tusOffered) {
+      tusOffered = api(TUS_PATH, {method: "OPTIONS"})
+        .then((response) => (response.headers.get("Tus-Version") || "").split(",")
+          .map((v) => v.trim()).includes(TUS_VERSION))
+        .catch(() => false);
+    }
+    return tusOffered;
+  }
+
+  // The service names uploads and items by absolute URL under its public base, which may be a
+  // proxy's name for this same host; the path is what matters, and keeping the request on this
+  // origin is what connect-src 'self' allows anyway.
+  function sameOriginPath(url) {
+    const parsed = new URL(url, location.href);
+    return parsed.pathname + parsed.search;
+  }
+
+  function tusMetadata(file, fields) {
+    const pairs = {filename: file.name, filetype: file.type, ...fields};
+    return Object.entries(pairs)
+      .filter(([, value]) => value !== undefined && value !== null && value !== "")
+      .map(([key, value]) => key + " " + base64Utf8(String(value)))
+      .join(",");
+  }
+
+  async function tusCreate(state, file, fields) {
+    const response = await api(TUS_PATH, {
+      method: "POST",
+      signal: state.abort.signal,
+      headers: {
+        "Tus-Resumable": TUS_VERSION,
+        "Upload-Length": String(file.size),
+        "Upload-Metadata": tusMetadata(file, fields),
+      },
+    }, state.auth);
+    return sameOriginPath(response.headers.get("Location"));
+  }
+
+  // What a HEAD or PATCH answer says: how far the server is, and the item once it is complete.
+  function tusStatus(header) {
+    const location = header("Media-Location");
+    const offset = Number(header("Upload-Offset"));
+    return {offset, location: location && sameOriginPath(location)};
+  }
+
+  async function tusHead(state) {
+    const response = await api(state.url, {
+      method: "HEAD",
+      signal: state.abort.signal,
+      headers: {"Tus-Resumable": TUS_VERSION},
+    }, state.auth);
+    return tusStatus((name) => response.headers.get(name));
+  }
+
+  // One slice from `offset`, over XHR for its progress events.
+  function tusPatch(state, file, offset, onProgress) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      state.xhr = xhr;
+      xhr.open("PATCH", state.url);
+      xhr.setRequestHeader("Authorization", state.auth.authorization);
+      xhr.setRequestHeader("Tus-Resumable", TUS_VERSION);
+      xhr.setRequestHeader("Upload-Offset", String(offset));
+      xhr.setRequestHeader("Content-Type", "application/offset+octet-stream");
+      xhr.upload.addEventListener("progress", (event) =>
+        onProgress(offset + event.loaded, file.size),
+      );
+      xhr.addEventListener("load", () => {
+        if (xhr.status === 204) resolve(tusStatus((name) => xhr.getResponseHeader(name)));
+        else reject(new ApiError(xhr.status, parsedOrNull(xhr.responseText)));
+      });
+      xhr.addEventListener("error", () =>
+        reject(new ApiError(0, {title: "The upload failed", detail: "the connection was lost"})),
+      );
+      xhr.addEventListener("abort", () => reject(cancelledError()));
+      xhr.send(file.slice(offset, Math.min(file.size, offset + TUS_SETTINGS.chunk)));
+    });
+  }
+
+  function canResume(error) {
+    if (!(error instanceof ApiError) || error.problem.cancelled) return false;
+    return TUS_RESUMABLE_STATUS.has(error.status) || error.status >= 500;
+  }
+
+  // A wait that Cancel cuts short.
+  function pause(state, ms) {
+    return new Promise((resolve) => {
+      state.wake = resolve;
+      state.timer = setTimeout(resolve, ms);
+    });
+  }
+
+  // PATCH slice after slice from `offset`; after a failure, HEAD for the server's offset (its
+  // word, not ours: part of the lost slice may have landed) and go on from there.
+  async function tusSend(state, file, onProgress, start) {
+    let offset = start; // null: ask the server
+    let failures = 0;
+    for (;;) {
+      try {
+        const status =
+          offset === null ? await tusHead(state) : await tusPatch(state, file, offset, onProgress);
+        if (status.location) return status.location;
+        offset = status.offset;
+        onProgress(offset, file.size);
+        failures = 0;
+      } catch (error) {
+        if (state.cancelled) throw cancelledError();
+        if (!canResume(error) || failures >= TUS_RETRIES) throw error;
+        onProgress(offset === null ? state.lastOffset : offset, file.size, "resuming");
+        await pause(state, TUS_BACKOFF_MS[Math.min(failures, TUS_BACKOFF_MS.length - 1)]);
+        if (state.cancelled) throw cancelledError();
+        failures += 1;
+        offset = null;
+      }
+      if (offset !== null) state.lastOffset = offset;
+    }
+  }
+
+  // ---- upload: unfinished tus uploads across a reload -----------------------------------------
+  //
+  // With "Stay signed in" on, an upload's URL is kept in sessionStorage under the file's name,
+  // size and modification time, so dropping the same file after a reload asks the server where
+  // it got to instead of starting over. Without it nothing is kept: the reload signed the user
+  // out, and the upload is session state like the credentials. Sign-out forgets them all.
+
+  const UPLOAD_KEY_PREFIX = "media-console.upload:";
+
+  function uploadKey(file) {
+    return UPLOAD_KEY_PREFIX + JSON.stringify([file.name, file.size, file.lastModified]);
+  }
+
+  function recallUpload(state, file) {
+    if (!state.remember) return null;
+    try {
+      const saved = JSON.parse(sessionStorage.getItem(uploadKey(file)) || "null");
+      // Another principal's upload would only be refused: start over rather than ask.
+      const ours = saved && typeof saved.url === "string" && saved.label === state.auth.label;
+      if (ours) return saved.url;
+    } catch (_error) {
+      // Unreadable: start over.
+    }
+    return null;
+  }
+
+  function keepUpload(state, file) {
+    if (!state.remember) return;
+    try {
+      const kept = {url: state.url, label: state.auth.label};
+      sessionStorage.setItem(uploadKey(file), JSON.stringify(kept));
+    } catch (_error) {
+      // Storage refused: the upload still works, it just cannot outlive the page.
+    }
+  }
+
+  function forgetUpload(file) {
+    try {
+      sessionStorage.removeItem(uploadKey(file));
+    } catch (_error) {
+      // Nothing kept.
+    }
+  }
+
+  function forgetAllUploads() {
+    try {
+      const keys = [];
+      for (let i = 0; i < sessionStorage.length; i += 1) keys.push(sessionStorage.key(i));
+      for (const key of keys) if (key.startsWith(UPLOAD_KEY_PREFIX)) sessionStorage.removeItem(key);
+    } catch (_error) {
+      // Nothing kept.
+    }
+  }
+
+  // A kept upload's state on the server, or null when it is gone (expired, deleted, finished
+  // and forgotten) or unreachable: then a new upload starts, which is always correct.
+  async function resumedStatus(state, file) {
+    const url = recallUpload(state, file);
+    if (!url) return null;
+    state.url = url;
+    try {
+      return await tusHead(state);
+    } catch (_error) {
+      if (state.cancelled) throw cancelledError();
+      forgetUpload(file);
+      state.url = null;
+      return null;
+    }
+  }
+
+  // Give the server's bytes back; once is enough, and a failure only leaves them to expire.
+  // It uses the credentials the upload started with: signing out cancels after `session` is gone.
+  function tusTerminate(state) {
+    if (state.file) forgetUpload(state.file);
+    if (!state.url || state.terminated) return;
+    state.terminated = true;
+    api(state.url, {method: "DELETE", headers: {"Tus-Resumable": TUS_VERSION}}, state.auth).catch(
+      () => {},
+    );
+  }
+
+  // The upload's URL: a kept one the server still has (and its offset), else a new one.
+  async function tusStart(state, file, fields) {
+    const resumed = await resumedStatus(state, file);
+    if (resumed) return resumed;
+    try {
+      state.url = await tusCreate(state, file, fields);
+    } catch (error) {
+      throw state.cancelled ? cancelledError() : error;
+    }
+    keepUpload(state, file);
+    return {offset: 0, location: null};
+  }
+
+  async function tusRun(state, file, fields, onProgress) {
+    const start = await tusStart(state, file, fields);
+    if (state.cancelled) {
+      tusTerminate(state); // Cancel came while the POST or HEAD was on its way
+      throw cancelledError();
+    }
+    let location = start.location; // a kept upload may have finished before the reload
+    try {
+      if (!location) {
+        onProgress(start.offset, file.size);
+        location = await tusSend(state, file, onProgress, start.offset);
+      }
+    } catch (error) {
+      // Kept, a re-drop of the file resumes it; otherwise nothing will: free the bytes now.
+      if (!state.remember || state.cancelled) tusTerminate(state);
+      throw error;
+    }
+    forgetUpload(file);
+    const response = await api(location, {}, state.auth);
+    return response.json();
+  }
+
+  function tusTransport({file, fields, onProgress}) {
+    const state = {
+      auth: session,
+      remember: remembered,
+      file,
+      url: null,
+      xhr: null,
+      abort: new AbortController(),
+      cancelled: false,
+      lastOffset: 0,
+    };
+    const promise = tusRun(state, file, fields, onProgress);
+    const cancel = () => {
+      if (state.cancelled) return;
+      state.cancelled = true;
+      state.abort.abort();
+      if (state.xhr) state.xhr.abort();
+      clearTimeout(state.timer);
+      if (state.wake) state.wake();
+      tusTerminate(state);
+    };
+    return {promise, cancel};
+  }
+
+  const transports = {multipart: multipartTransport, tus: tusTransport};
+
+  async function chooseTransport(file) {
+    if (file.size > TUS_SETTINGS.threshold && (await serverSpeaksTus())) return transports.tus;
     return transports.multipart;
   }
 
@@ -579,11 +879,12 @@
     $("upload-submit").disabled = !pendingFile || Boolean(currentUpload);
   }
 
-  function setProgress(loaded, total) {
+  function setProgress(loaded, total, note) {
     const percent = total ? Math.floor((loaded / total) * 100) : 0;
     $("upload-progress").value = percent;
     $("upload-progress-text").textContent =
-      percent + "% · " + formatBytes(loaded) + " of " + formatBytes(total);
+      percent + "% · " + formatBytes(loaded) + " of " + formatBytes(total) +
+      (note === "resuming" ? " · connection lost, resuming…" : "");
   }
 
   async function startUpload() {
@@ -596,9 +897,13 @@
     show($("upload-cancel"), true);
     $("upload-submit").disabled = true;
     setProgress(0, file.size);
-    const transport = chooseTransport(file);
-    currentUpload = transport({file, fields, onProgress: setProgress});
+    // Until the transport is chosen (the first large file asks the server), Cancel just marks it.
+    const choosing = {cancelled: false, cancel: () => (choosing.cancelled = true)};
+    currentUpload = choosing;
     try {
+      const transport = await chooseTransport(file);
+      if (choosing.cancelled) throw cancelledError();
+      currentUpload = transport({file, fields, onProgress: setProgress});
       const item = await currentUpload.promise;
       setProgress(file.size, file.size);
       notice("Uploaded " + displayName(item) + ".", "success");
