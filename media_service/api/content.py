@@ -19,11 +19,10 @@ from media_service.http.dates import format_http_date
 from media_service.http.disposition import content_disposition
 from media_service.http.offload import Redirect, counts, offloadable, presigned_redirect
 from media_service.service.media import DownloadAccess, MediaService
-from media_service.storage.interfaces import BlobStream, MediaItem
+from media_service.storage.interfaces import CHUNK_SIZE, BlobStream, MediaItem
 
 blp = Blueprint("content", __name__, url_prefix=MEDIA_PREFIX, description="Download media content.")
 
-CHUNK = 1024 * 1024
 # A sandboxed, script-less document: user content never runs as this origin's page.
 CONTENT_SECURITY_POLICY = "sandbox; default-src 'none'"
 # nginx's internal location for MEDIA_DOWNLOAD_REDIRECT=accel (config/nginx/media.conf).
@@ -193,7 +192,7 @@ def _body(stream: BlobStream, plan: DownloadPlan, size: int) -> Any:
         if to_eof or str(request.environ.get("SERVER_SOFTWARE", "")).startswith("gunicorn"):
             # The server's own wrapper, unwrapped: gunicorn only uses sendfile for an instance
             # of it. Its close() closes the file, which is all a file blob stream holds.
-            return wrap_file(request.environ, file, buffer_size=CHUNK)
+            return wrap_file(request.environ, file, buffer_size=CHUNK_SIZE)
     return _StreamBody(stream)
 
 

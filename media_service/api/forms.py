@@ -12,7 +12,7 @@ from flask import request
 
 from media_service.errors import BadRequest, ValidationFailed
 from media_service.http.forms import FormDecodeError, parse_urlencoded
-from media_service.service.streams import FilePart, MultipartStream
+from media_service.http.multipart import FilePart, MultipartStream
 
 Pairs = list[tuple[str, str]]
 

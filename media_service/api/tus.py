@@ -27,11 +27,11 @@ from media_service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from media_service.http.body import MinimumRateInput
 from media_service.http.dates import format_http_date
 from media_service.schemas.fields import normalise_mime_type
 from media_service.schemas.media import UploadFieldsSchema
 from media_service.service.resumable import CHECKSUM_ALGORITHMS, ResumableService
-from media_service.service.streams import MinimumRateInput
 from media_service.storage.resumable import ResumableUpload, resumable_ports
 
 TUS_VERSION = "1.0.0"

@@ -23,16 +23,11 @@ from media_service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from media_service.http.body import CountingInput, MinimumRateInput
+from media_service.http.multipart import FilePart, FormField, MultipartStream
 from media_service.schemas.fields import UNENCODABLE, is_utf8_encodable
 from media_service.schemas.media import FILENAME_MAX, UploadFieldsSchema
 from media_service.service.media import StagedUpload
-from media_service.service.streams import (
-    CountingInput,
-    FilePart,
-    FormField,
-    MinimumRateInput,
-    MultipartStream,
-)
 from media_service.service.url_fetch import (
     UrlFetchFailed,
     UrlFetchPolicy,

@@ -43,7 +43,7 @@ from media_service.schemas.fields import normalise_mime_type
 from media_service.service.audio import probe_blob
 from media_service.service.disk import DiskGuard
 from media_service.service.quota import QuotaMeter
-from media_service.service.streams import HashingReader, Readable
+from media_service.service.streams import HashingReader
 from media_service.settings import Settings
 from media_service.storage.interfaces import (
     AudioFacts,
@@ -55,6 +55,7 @@ from media_service.storage.interfaces import (
     LocalBlobStore,
     MediaItem,
     PresigningBlobStore,
+    Readable,
     SearchPage,
     SearchQuery,
     SearchScope,

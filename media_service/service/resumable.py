@@ -39,9 +39,8 @@ from media_service.errors import (
 )
 from media_service.schemas.media import UploadFieldsSchema
 from media_service.service.media import MediaService
-from media_service.service.streams import Readable
 from media_service.settings import Settings
-from media_service.storage.interfaces import MediaItem, StorageError
+from media_service.storage.interfaces import MediaItem, Readable, StorageError
 from media_service.storage.resumable import Claim, ResumablePorts, ResumableUpload
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ from media_service.settings import Settings, file_storage_root
 from media_service.storage.disk import FULL_ERRNOS
 from media_service.storage.interfaces import (
     BLOB_KEY,
+    CHUNK_SIZE,
     BackendUnavailable,
     BlobInfo,
     BlobNotFound,
@@ -26,7 +27,6 @@ from media_service.storage.interfaces import (
     check_blob_key,
 )
 
-CHUNK_SIZE = 1024 * 1024
 TEMP_DIR = ".tmp"
 
 

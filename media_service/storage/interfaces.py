@@ -232,6 +232,18 @@ class BlobInfo:
     last_modified: datetime
 
 
+# --------------------------------------------------------------------------- streams
+
+#: How much is read at a time: request bodies, blob writes and blob reads alike (1 MiB).
+CHUNK_SIZE = 1024 * 1024
+
+
+class Readable(Protocol):
+    """What bytes are read from: a request body, a part of one, a fetched URL, a staged file."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 # --------------------------------------------------------------------------- blob keys
 
 # Keys are server-generated (UUIDs). The pattern also rules out "", ".", "..", separators and

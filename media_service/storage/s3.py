@@ -27,6 +27,7 @@ from botocore.exceptions import (
 from media_service.settings import Settings
 from media_service.storage.interfaces import (
     BLOB_KEY,
+    CHUNK_SIZE,
     BackendUnavailable,
     BlobInfo,
     BlobNotFound,
@@ -38,7 +39,6 @@ from media_service.storage.interfaces import (
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-CHUNK_SIZE = 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 _MISSING = {"NoSuchKey", "NotFound", "404"}
 # Response headers a presigned GetObject URL can set, by header name.

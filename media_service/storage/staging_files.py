@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from media_service.service.streams import Readable
 from media_service.storage.files import _fsync_dir, _unavailable
+from media_service.storage.interfaces import Readable
 from media_service.storage.resumable import check_upload_id
 
 STAGING_DIR = ".resumable"

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from media_service.service.streams import Readable
-from media_service.storage.interfaces import BackendUnavailable
+from media_service.storage.interfaces import BackendUnavailable, Readable
 from media_service.storage.resumable import check_upload_id
 from media_service.storage.s3 import _translate
 

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from media_service.errors import BodyTooSlow
-from media_service.service.streams import MinimumRateInput
+from media_service.http.body import MinimumRateInput
 from media_service.serving.limits import (
     RATE_FLOOR_ENVIRON_KEY,
     ClientTooSlow,
