@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Response, current_app, request
+from flask import Response, current_app, jsonify, request
 from flask_smorest import Blueprint
 from marshmallow import ValidationError
 
@@ -22,7 +21,6 @@ from media_service.api.upload import receive_upload
 from media_service.auth import Principal
 from media_service.context import media_service
 from media_service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from media_service.http.dates import format_iso_millis
 from media_service.schemas.expiry import TTL_MAX_SECONDS, TTL_MIN_SECONDS
 from media_service.schemas.media import (
     MediaItemSchema,
@@ -30,8 +28,9 @@ from media_service.schemas.media import (
     SearchQuerySchema,
     SearchResultSchema,
     UpdateSchema,
+    item_document,
 )
-from media_service.storage.interfaces import AudioFacts, MediaItem
+from media_service.storage.interfaces import MediaItem
 
 blp = Blueprint(
     "media",
@@ -136,7 +135,20 @@ _UPLOAD_FIELDS: dict[str, dict[str, object]] = {
 @auth_required
 def upload(*, principal: Principal) -> Any:
     item = receive_upload(principal)
-    return item, 201, {"Location": info_url(item.id)}
+    response = item_response(item, 201)
+    response.headers["Location"] = info_url(item.id)
+    return response
+
+
+def item_response(item: MediaItem, status: int = 200) -> Response:
+    """The item as every endpoint that answers one sends it (MediaItemSchema documents it).
+
+    Views return a Response, which flask-smorest passes on untouched: its generic dump of
+    MediaItemSchema cost as much as the rest of GET /info.
+    """
+    response = jsonify(item_document(item))
+    response.status_code = status
+    return response
 
 
 # --------------------------------------------------------------------------- search
@@ -174,13 +186,16 @@ def search(
         links["next"] = {"href": _page_href(page_index + 1)}
     if 0 < page_index <= last_index + 1:
         links["prev"] = {"href": _page_href(min(page_index - 1, last_index))}
-    return {
-        "page_size": page_size,
-        "page_index": page_index,
-        "count": page.total,
-        "_links": links,
-        "_embedded": {"media": page.items},
-    }
+    # SearchResultSchema documents this document; it is built directly, as items are.
+    return current_app.json.response(
+        {
+            "page_size": page_size,
+            "page_index": page_index,
+            "count": page.total,
+            "_links": links,
+            "_embedded": {"media": [item_document(item) for item in page.items]},
+        }
+    )
 
 
 def _page_href(page_index: int) -> str:
@@ -201,66 +216,7 @@ def _page_href(page_index: int) -> str:
 @auth_required
 def get_info(item_id: str, *, principal: Principal) -> Any:
     item = media_service().get_owned(principal, parse_item_id(item_id))
-    # What @blp.response would answer (jsonify of MediaItemSchema's dump), built directly: the
-    # generic dump costs as much as the rest of the view. The response passes through smorest.
-    return current_app.json.response(item_json(item))
-
-
-def item_json(item: MediaItem) -> dict[str, Any]:
-    """Exactly `MediaItemSchema().dump(item)`, field for field and in the same order.
-
-    The hot path of GET /info; tests/api/test_info_update.py holds it equal to the schema's.
-    """
-    return {
-        "id": _text(item.id),
-        "original_file_name": _text(item.original_file_name),
-        "mime_type": _text(item.mime_type),
-        "account_id": _text(item.account_id),
-        "application_id": _text(item.application_id),
-        "store_id": _text(item.store_id),
-        "store_meta_params": json.dumps(
-            item.store_meta_params, separators=(",", ":"), sort_keys=True
-        ),
-        "max_downloads_allowed": _integer(item.max_downloads_allowed),
-        "times_downloaded": _integer(item.times_downloaded),
-        "etag": _text(item.etag),
-        "media_size": _integer(item.media_size),
-        "time_created": _iso(item.time_created),
-        "time_last_updated": _iso(item.time_last_updated),
-        "expires_at": _iso(item.expires_at),
-        "public": bool(item.public),  # fields.Boolean of a bool
-        "public_item": item.public,
-        "metadata_primary": _text(item.metadata_primary),
-        "metadata_secondary": _text(item.metadata_secondary),
-        "title": _text(item.title),
-        "description": _text(item.description),
-        "source_url": _text(item.source_url),
-        "audio": _audio(item.audio),
-    }
-
-
-def _audio(audio: AudioFacts | None) -> dict[str, Any] | None:  # fields.Nested(AudioFactsSchema)
-    if audio is None:
-        return None
-    return {
-        "duration_ms": audio.duration_ms,
-        "sample_rate": audio.sample_rate,
-        "channels": audio.channels,
-        "codec": audio.codec,
-        "bit_rate": audio.bit_rate,
-    }
-
-
-def _text(value: Any) -> str | None:  # fields.String
-    return None if value is None else str(value)
-
-
-def _integer(value: Any) -> int | None:  # fields.Integer
-    return None if value is None else int(value)
-
-
-def _iso(value: datetime | None) -> str | None:  # IsoDateTime
-    return None if value is None else format_iso_millis(value)
+    return item_response(item)
 
 
 UPDATE_DOC = {
@@ -298,8 +254,7 @@ def update(item_id: str, *, principal: Principal) -> Any:
     changes = _load_update(_read_update_body())
     item = media_service().update(principal, item_id, changes)
     if _prefers_representation():
-        # The same representation GET /info answers (item_json mirrors MediaItemSchema).
-        response = current_app.json.response(item_json(item))
+        response = item_response(item)
         response.headers["Preference-Applied"] = "return=representation"
         return response
     return Response(status=204)

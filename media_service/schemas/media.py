@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from marshmallow import (
@@ -17,6 +19,7 @@ from marshmallow import (
     validates_schema,
 )
 
+from media_service.http.dates import format_iso_millis
 from media_service.schemas.expiry import (
     BOTH_GIVEN,
     EXPIRY_FIELDS,
@@ -32,7 +35,7 @@ from media_service.schemas.fields import (
     Text,
     Url,
 )
-from media_service.storage.interfaces import MediaItem
+from media_service.storage.interfaces import AudioFacts, MediaItem
 
 # Bounds on user strings: generous for metadata (often JSON), tight for short labels.
 METADATA_MAX = 16 * 1024
@@ -87,7 +90,69 @@ class MediaItemSchema(Schema):
     audio = fields.Nested(AudioFactsSchema, allow_none=True)
 
     def _store_meta_params(self, item: MediaItem) -> str:
-        return json.dumps(item.store_meta_params, separators=(",", ":"), sort_keys=True)
+        return store_meta_params_text(item.store_meta_params)
+
+
+def store_meta_params_text(params: Mapping[str, Any]) -> str:
+    """`store_meta_params` as the API sends it: compact JSON text with sorted keys (SPEC §1)."""
+    return json.dumps(params, separators=(",", ":"), sort_keys=True)
+
+
+def item_document(item: MediaItem) -> dict[str, Any]:
+    """The JSON of one item: exactly `MediaItemSchema().dump(item)`, field for field, in order.
+
+    The one serialiser every endpoint uses (the schema documents it, and
+    tests/api/test_info_update.py holds the two equal); written out because the schema's
+    generic dump cost as much as the rest of GET /info.
+    """
+    return {
+        "id": _text(item.id),
+        "original_file_name": _text(item.original_file_name),
+        "mime_type": _text(item.mime_type),
+        "account_id": _text(item.account_id),
+        "application_id": _text(item.application_id),
+        "store_id": _text(item.store_id),
+        "store_meta_params": store_meta_params_text(item.store_meta_params),
+        "max_downloads_allowed": _integer(item.max_downloads_allowed),
+        "times_downloaded": _integer(item.times_downloaded),
+        "etag": _text(item.etag),
+        "media_size": _integer(item.media_size),
+        "time_created": _iso(item.time_created),
+        "time_last_updated": _iso(item.time_last_updated),
+        "expires_at": _iso(item.expires_at),
+        "public": bool(item.public),  # fields.Boolean of a bool
+        "public_item": item.public,
+        "metadata_primary": _text(item.metadata_primary),
+        "metadata_secondary": _text(item.metadata_secondary),
+        "title": _text(item.title),
+        "description": _text(item.description),
+        "source_url": _text(item.source_url),
+        "audio": _audio(item.audio),
+    }
+
+
+def _audio(audio: AudioFacts | None) -> dict[str, Any] | None:  # fields.Nested(AudioFactsSchema)
+    if audio is None:
+        return None
+    return {
+        "duration_ms": audio.duration_ms,
+        "sample_rate": audio.sample_rate,
+        "channels": audio.channels,
+        "codec": audio.codec,
+        "bit_rate": audio.bit_rate,
+    }
+
+
+def _text(value: Any) -> str | None:  # fields.String
+    return None if value is None else str(value)
+
+
+def _integer(value: Any) -> int | None:  # fields.Integer
+    return None if value is None else int(value)
+
+
+def _iso(value: datetime | None) -> str | None:  # IsoDateTime
+    return None if value is None else format_iso_millis(value)
 
 
 class _UpdatableFieldsSchema(Schema):

@@ -13,7 +13,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from media_service.api.media import ITEM_SCHEMA, item_json
+from media_service.api.media import ITEM_SCHEMA
+from media_service.schemas.media import item_document
 from media_service.storage.interfaces import AudioFacts, MediaItem
 from tests.api.media_api_support import (
     ISO_MILLIS_Z,
@@ -144,7 +145,7 @@ def _item(**overrides: Any) -> MediaItem:
 def test_info_json_is_the_schema_dump(item: MediaItem) -> None:
     """GET /info's hand-written serialiser agrees with MediaItemSchema, keys in the same order."""
     expected = ITEM_SCHEMA.dump(item)
-    built = item_json(item)
+    built = item_document(item)
     assert built == expected
     assert list(built) == list(expected)
     assert json.dumps(built) == json.dumps(expected)
