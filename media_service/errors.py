@@ -284,16 +284,6 @@ def _from_api_error(error: ApiError) -> Response:
 
 def _from_http_exception(error: HTTPException) -> Response:
     status = error.code or 500
-    # flask-smorest/webargs attach marshmallow messages as error.data["messages"]
-    data = getattr(error, "data", None) or {}
-    messages = data.get("messages") if isinstance(data, dict) else None
-    if status == 422 and messages is not None:
-        # Validation failures are 400 here (SPEC §3), whatever location they came from.
-        flat: dict[str, Any] = {}
-        for location_messages in messages.values():
-            if isinstance(location_messages, Mapping):
-                flat.update(location_messages)
-        return _from_api_error(ValidationFailed.from_messages(flat))
     headers = {}
     valid_methods = getattr(error, "valid_methods", None)
     if status == 405 and valid_methods:

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, request
-from flask_smorest import Blueprint
 from werkzeug.wsgi import wrap_file
 
 from media_service.api.auth import auth_optional
 from media_service.api.common import MEDIA_PREFIX, parse_item_id
+from media_service.api.openapi import Blueprint
 from media_service.auth import Principal
 from media_service.context import media_service, settings
 from media_service.errors import PreconditionFailed, RangeNotSatisfiable

@@ -7,7 +7,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Response, current_app, jsonify, request
-from flask_smorest import Blueprint
 from marshmallow import ValidationError
 
 from media_service.api.auth import auth_required
@@ -17,6 +16,7 @@ from media_service.api.common import (
     parse_item_id,
 )
 from media_service.api.forms import given_more_than_once, multipart_fields, urlencoded_pairs
+from media_service.api.openapi import Blueprint
 from media_service.api.upload import receive_upload
 from media_service.auth import Principal
 from media_service.context import media_service
