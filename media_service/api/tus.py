@@ -17,7 +17,6 @@ from marshmallow import ValidationError
 
 from media_service.api.auth import auth_required
 from media_service.api.common import MEDIA_PREFIX, info_url, public_base_url
-from media_service.api.upload import file_name_problem
 from media_service.auth import Principal
 from media_service.context import app_state
 from media_service.errors import (
@@ -30,7 +29,7 @@ from media_service.errors import (
 from media_service.http.body import MinimumRateInput
 from media_service.http.dates import format_http_date
 from media_service.schemas.fields import normalise_mime_type
-from media_service.schemas.media import UploadFieldsSchema
+from media_service.schemas.media import UploadFieldsSchema, file_name_problem
 from media_service.service.resumable import CHECKSUM_ALGORITHMS, ResumableService
 from media_service.storage.resumable import ResumableUpload, resumable_ports
 

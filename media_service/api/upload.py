@@ -7,7 +7,6 @@ staged upload whose fields turn out invalid is removed again before answering 40
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from flask import request
@@ -19,22 +18,13 @@ from media_service.context import app_state, media_service
 from media_service.errors import (
     BadRequest,
     PayloadTooLarge,
-    UnprocessableContent,
     UnsupportedMediaType,
     ValidationFailed,
 )
 from media_service.http.body import CountingInput, MinimumRateInput
 from media_service.http.multipart import FilePart, FormField, MultipartStream
-from media_service.schemas.fields import UNENCODABLE, is_utf8_encodable
-from media_service.schemas.media import FILENAME_MAX, UploadFieldsSchema
+from media_service.schemas.media import UploadFieldsSchema, file_name_problem
 from media_service.service.media import StagedUpload
-from media_service.service.url_fetch import (
-    UrlFetchFailed,
-    UrlFetchPolicy,
-    UrlRefused,
-    UrlTooLarge,
-    open_url,
-)
 from media_service.storage.interfaces import MediaItem
 
 FILE_FIELDS = frozenset({"filedata", "file"})
@@ -47,7 +37,6 @@ NOT_AN_UPLOAD = (
 )
 # Room for the multipart framing and the small fields around the file.
 FORM_OVERHEAD = 2 * 1024 * 1024
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 def receive_upload(principal: Principal) -> MediaItem:
@@ -97,7 +86,7 @@ def receive_upload(principal: Principal) -> MediaItem:
                 )
         values = _validate_fields(fields, problems, has_file=staged is not None)
         if staged is None:
-            staged = _stage_from_url(principal, values["url"])
+            staged = service.stage_from_url(principal, values["url"])
         values.pop("url", None)
         return service.publish_upload(staged, values)
     except BaseException:
@@ -131,7 +120,7 @@ def _receive_url_form(principal: Principal) -> MediaItem:
     values = _validate_fields(fields, problems, has_file=False)
     service = media_service()
     service.admit_upload(None)  # the fetched bytes are staged like a file's
-    staged = _stage_from_url(principal, values.pop("url"))
+    staged = service.stage_from_url(principal, values.pop("url"))
     return service.publish_upload(staged, values)  # abandons the upload if it fails
 
 
@@ -145,21 +134,6 @@ def _checked_file_name(part: FilePart) -> str | None:
             invalid_parameters=[{"name": part.name, "reason": problem}],
         )
     return part.filename
-
-
-def file_name_problem(name: str) -> str | None:
-    """Why `name` is not a plain file name, or None if it is."""
-    if not name.strip():
-        return "The file name is blank."
-    if len(name) > FILENAME_MAX:
-        return f"The file name is longer than {FILENAME_MAX} characters."
-    if _UNSAFE_NAME.search(name):
-        return "The file name contains a path separator or control characters."
-    if name in (".", ".."):
-        return "The file name is not a file name."
-    if not is_utf8_encodable(name):
-        return UNENCODABLE
-    return None
 
 
 def _validate_fields(
@@ -186,35 +160,3 @@ def _validate_fields(
     if problems:
         raise ValidationFailed.from_messages(problems)
     return values
-
-
-def _stage_from_url(principal: Principal, url: str) -> StagedUpload:
-    settings = app_state().settings
-    policy = UrlFetchPolicy(
-        allow_private=settings.url_fetch_allow_private,
-        max_bytes=settings.max_upload_bytes,
-        connect_timeout=settings.url_fetch_connect_timeout,
-        read_timeout=settings.url_fetch_read_timeout,
-        total_timeout=settings.url_fetch_total_timeout,
-    )
-    try:
-        with open_url(url, policy) as fetched:
-            file_name = fetched.filename
-            if file_name is not None and file_name_problem(file_name):
-                file_name = None
-            return media_service().stage_upload(
-                principal,
-                fetched,
-                file_name=file_name,
-                part_content_type=fetched.content_type,
-                source_url=url,
-            )
-    except UrlRefused as error:
-        raise ValidationFailed(
-            f"The url cannot be fetched: {error.detail}",
-            invalid_parameters=[{"name": "url", "reason": error.detail}],
-        ) from None
-    except UrlTooLarge as error:
-        raise PayloadTooLarge(f"The file at the url is too large: {error.detail}") from None
-    except UrlFetchFailed as error:
-        raise UnprocessableContent(f"The url could not be fetched: {error.detail}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -28,12 +29,14 @@ from media_service.schemas.expiry import (
     TtlField,
 )
 from media_service.schemas.fields import (
+    UNENCODABLE,
     CountInteger,
     IsoDateTime,
     MimeType,
     StrictBoolean,
     Text,
     Url,
+    is_utf8_encodable,
 )
 from media_service.storage.interfaces import AudioFacts, MediaItem
 
@@ -55,6 +58,24 @@ class AudioFactsSchema(Schema):
         metadata={"enum": ["pcm", "mp3", "vorbis", "opus", "flac", "aac"], "example": "pcm"}
     )
     bit_rate = fields.Integer(allow_none=True, metadata={"example": 128000})
+
+
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why `name` is not a plain file name, or None if it is."""
+    if not name.strip():
+        return "The file name is blank."
+    if len(name) > FILENAME_MAX:
+        return f"The file name is longer than {FILENAME_MAX} characters."
+    if _UNSAFE_NAME.search(name):
+        return "The file name contains a path separator or control characters."
+    if name in (".", ".."):
+        return "The file name is not a file name."
+    if not is_utf8_encodable(name):
+        return UNENCODABLE
+    return None
 
 
 class MediaItemSchema(Schema):

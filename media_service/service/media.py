@@ -34,16 +34,26 @@ from media_service.errors import (
     InsufficientStorage,
     LimitReached,
     NotFound,
+    PayloadTooLarge,
     Unauthorized,
+    UnprocessableContent,
     UploadAbandoned,
     ValidationFailed,
 )
 from media_service.schemas.expiry import Expiry
 from media_service.schemas.fields import normalise_mime_type
+from media_service.schemas.media import file_name_problem
 from media_service.service.audio import probe_blob
 from media_service.service.disk import DiskGuard
 from media_service.service.quota import QuotaMeter
 from media_service.service.streams import HashingReader
+from media_service.service.url_fetch import (
+    UrlFetchFailed,
+    UrlFetchPolicy,
+    UrlRefused,
+    UrlTooLarge,
+    open_url,
+)
 from media_service.settings import Settings
 from media_service.storage.interfaces import (
     AudioFacts,
@@ -145,6 +155,14 @@ class MediaService:
         self.settings = settings
         self.clock = clock
         self.disk = disk if disk is not None else DiskGuard.from_settings(settings)
+        # Built once: every url upload is fetched under the same rules.
+        self.url_policy = UrlFetchPolicy(
+            allow_private=settings.url_fetch_allow_private,
+            max_bytes=settings.max_upload_bytes,
+            connect_timeout=settings.url_fetch_connect_timeout,
+            read_timeout=settings.url_fetch_read_timeout,
+            total_timeout=settings.url_fetch_total_timeout,
+        )
 
     # ------------------------------------------------------------------ visibility
 
@@ -285,6 +303,30 @@ class MediaService:
             part_content_type=part_content_type,
             quota=quota,
         )
+
+    def stage_from_url(self, principal: Principal, url: str) -> StagedUpload:
+        """Fetch `url` (behind the SSRF guard) and stage its bytes as an upload's file."""
+        try:
+            with open_url(url, self.url_policy) as fetched:
+                file_name = fetched.filename
+                if file_name is not None and file_name_problem(file_name):
+                    file_name = None
+                return self.stage_upload(
+                    principal,
+                    fetched,
+                    file_name=file_name,
+                    part_content_type=fetched.content_type,
+                    source_url=url,
+                )
+        except UrlRefused as error:
+            raise ValidationFailed(
+                f"The url cannot be fetched: {error.detail}",
+                invalid_parameters=[{"name": "url", "reason": error.detail}],
+            ) from None
+        except UrlTooLarge as error:
+            raise PayloadTooLarge(f"The file at the url is too large: {error.detail}") from None
+        except UrlFetchFailed as error:
+            raise UnprocessableContent(f"The url could not be fetched: {error.detail}") from None
 
     def publish_upload(self, staged: StagedUpload, fields: dict[str, Any]) -> MediaItem:
         """Make a staged upload visible with its validated fields (the 201 moment)."""

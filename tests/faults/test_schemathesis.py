@@ -33,10 +33,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from media_service.api import upload as upload_api
 from media_service.auth import generate_rsa_keypair
 from media_service.backends import open_backends
 from media_service.factory import create_app
+from media_service.service import media as media_service_module
 from media_service.service.url_fetch import FetchedBody, UrlFetchPolicy, open_url
 from tests.conftest import make_settings, provision
 
@@ -93,7 +93,7 @@ def _offline_url_fetches() -> Iterator[None]:
         return open_url(url, refuse_all, resolver=no_dns)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(upload_api, "open_url", offline_open_url)
+        patch.setattr(media_service_module, "open_url", offline_open_url)
         yield
 
 
