@@ -123,24 +123,47 @@ class MongoQuotas:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError("size must be an int >= 0")
         with self._translate():
-            # A released hold is gone: a reservation can never grow on a rolled-back upload.
-            result = self._quotas.update_one(
-                {
-                    "_id": key,
-                    f"holds.{item}": {"$exists": True},
-                    "$or": [{"max_bytes": 0}, {"bytes_left": {"$gte": size}}],
-                },
-                {
-                    "$inc": {"bytes": size, "bytes_left": -size, f"holds.{item}.bytes": size},
-                    "$set": {f"holds.{item}.at": _now()},
-                },
-            )
-            if result.matched_count:
-                return Reservation.RESERVED
-            held = self._quotas.find_one(
-                {"_id": key, f"holds.{item}": {"$exists": True}}, {"_id": 1}
-            )
-        return Reservation.QUOTA_EXCEEDED if held else Reservation.NOT_PENDING
+            for _ in range(_TRIES):
+                # A released hold is gone: a reservation never grows on a rolled-back upload.
+                result = self._quotas.update_one(
+                    {
+                        "_id": key,
+                        f"holds.{item}": {"$exists": True},
+                        "$or": [{"max_bytes": 0}, {"bytes_left": {"$gte": size}}],
+                    },
+                    {
+                        "$inc": {"bytes": size, "bytes_left": -size, f"holds.{item}.bytes": size},
+                        "$set": {f"holds.{item}.at": _now()},
+                    },
+                )
+                if result.matched_count:
+                    return Reservation.RESERVED
+                held = self._quotas.find_one(
+                    {"_id": key, f"holds.{item}": {"$exists": True}}, {"_id": 1}
+                )
+                if held:
+                    return Reservation.QUOTA_EXCEEDED
+                if not self._restore_lost_hold(key, item_id):
+                    return Reservation.NOT_PENDING
+        return Reservation.NOT_PENDING
+
+    def _restore_lost_hold(self, key: str, item_id: str) -> bool:
+        """Put back the hold of an upload that is still PENDING; True if it was put back.
+
+        On MongoDB a hold goes only with its upload (released, rolled back). FerretDB 1.x applies
+        an update as read-modify-write of the whole document, so two uploads of one account
+        writing at once can drop each other's hold (tests/integration/test_tus_live.py saw
+        it): the upload is alive — its PENDING document says so — and must not be abandoned.
+        The bytes reserved before the loss are the sweeper's to settle (heal_quotas).
+        """
+        if self._items.find_one({"_id": item_id, "state": "pending"}, {"_id": 1}) is None:
+            return False
+        item = _field(item_id)
+        self._quotas.update_one(
+            {"_id": key, f"holds.{item}": {"$exists": False}, f"done.{item}": {"$exists": False}},
+            {"$set": {f"holds.{item}": {"bytes": 0, "at": _now()}}},
+        )
+        return True
 
     def settle_quota(self, account_id: str, item_id: str, reserved: int) -> None:
         key = records.require_id(account_id, "account_id")
