@@ -60,7 +60,8 @@ def mongo_settings(url: str, db_name: str, timeout: float = 5.0) -> Settings:
 @pytest.fixture(params=BACKENDS)
 def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MediaRepository]:
     if request.param == "sqlite":
-        db = SqliteDatabase(tmp_path / "media.db", timeout=5.0)
+        # 10 s: the concurrency contracts have 8 threads queue for SQLite's one writer.
+        db = SqliteDatabase(tmp_path / "media.db", timeout=10.0)
         repository: MediaRepository = SqliteMediaRepository(db)
         repository.ensure_schema()
         yield repository

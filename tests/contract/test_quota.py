@@ -4,47 +4,23 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import mongomock
 import pytest
 
 from media_service.service.media import utc_now
 from media_service.storage.interfaces import ItemState, MediaRepository, Quota, Reservation
-from media_service.storage.mongo import MongoDatabase, MongoMediaRepository
 from media_service.storage.sqlite import SqliteDatabase, SqliteMediaRepository
-from tests.contract.test_media_repository import BACKENDS, MONGO_URL, make_item, mongo_settings
+from tests.contract import test_media_repository as contract
+from tests.contract.test_media_repository import make_item
 from tests.real_backends import mongo_is_ferretdb
 
+# The contract's fixture: every repository (SQLite, mongomock, and a real MongoDB when set).
+repo = contract.repo
 ACCOUNT = "acc-a"
 KIB = 1024
-
-
-@pytest.fixture(params=BACKENDS)
-def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MediaRepository]:
-    if request.param == "sqlite":
-        db = SqliteDatabase(tmp_path / "media.db", timeout=10.0)
-        repository: MediaRepository = SqliteMediaRepository(db)
-        repository.ensure_schema()
-        yield repository
-        db.close()
-    elif request.param == "mongomock":
-        client: Any = mongomock.MongoClient(tz_aware=True)
-        repository = MongoMediaRepository(MongoDatabase.wrap(client["media_test"]))
-        repository.ensure_schema()
-        yield repository
-    else:
-        assert MONGO_URL
-        name = f"media_test_{uuid.uuid4().hex[:12]}"
-        mdb = MongoDatabase.from_settings(mongo_settings(MONGO_URL, name))
-        repository = MongoMediaRepository(mdb)
-        repository.ensure_schema()
-        yield repository
-        mdb.database.client.drop_database(name)
-        mdb.close()
 
 
 def pending(repo: MediaRepository, account: str = ACCOUNT) -> str:
