@@ -12,7 +12,7 @@ from media_service.api.auth import auth_optional
 from media_service.api.common import MEDIA_PREFIX, parse_item_id
 from media_service.api.openapi import Blueprint
 from media_service.auth import Principal
-from media_service.context import media_service, settings
+from media_service.context import current_media_service, settings
 from media_service.errors import PreconditionFailed, RangeNotSatisfiable
 from media_service.http.conditional import DownloadPlan, Representation, evaluate, format_etag
 from media_service.http.dates import format_http_date
@@ -62,7 +62,7 @@ ACCEL_LOCATION = "/_media_accel/"
 def download(item_id: str, *, principal: Principal | None) -> Any:
     item_id = parse_item_id(item_id)
     # Authorisation first: a private item never answers 304 (nor shows its ETag) to strangers.
-    service = media_service()
+    service = current_media_service()
     access = service.get_for_download(principal, item_id)
     item = access.item
 

@@ -19,7 +19,7 @@ from media_service.api.forms import given_more_than_once, multipart_fields, urle
 from media_service.api.openapi import Blueprint
 from media_service.api.upload import receive_upload
 from media_service.auth import Principal
-from media_service.context import media_service
+from media_service.context import current_media_service
 from media_service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from media_service.schemas.expiry import TTL_MAX_SECONDS, TTL_MIN_SECONDS
 from media_service.schemas.media import (
@@ -168,7 +168,7 @@ def search(
     *,
     principal: Principal,
 ) -> Any:
-    page = media_service().search(
+    page = current_media_service().search(
         principal,
         ascending=order == "ascending",
         page_index=page_index,
@@ -215,7 +215,7 @@ def _page_href(page_index: int) -> str:
 @blp.doc(summary="Retrieve a media item's metadata", **_errors("400", "401", "403", "404", "503"))
 @auth_required
 def get_info(item_id: str, *, principal: Principal) -> Any:
-    item = media_service().get_owned(principal, parse_item_id(item_id))
+    item = current_media_service().get_owned(principal, parse_item_id(item_id))
     return item_response(item)
 
 
@@ -252,7 +252,7 @@ UPDATE_DOC = {
 def update(item_id: str, *, principal: Principal) -> Any:
     item_id = parse_item_id(item_id)
     changes = _load_update(_read_update_body())
-    item = media_service().update(principal, item_id, changes)
+    item = current_media_service().update(principal, item_id, changes)
     if _prefers_representation():
         response = item_response(item)
         response.headers["Preference-Applied"] = "return=representation"
@@ -271,7 +271,7 @@ def update(item_id: str, *, principal: Principal) -> Any:
 )
 @auth_required
 def delete(item_id: str, *, principal: Principal) -> Any:
-    media_service().delete(principal, parse_item_id(item_id))
+    current_media_service().delete(principal, parse_item_id(item_id))
     return Response(status=204)
 
 

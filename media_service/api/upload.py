@@ -14,14 +14,14 @@ from marshmallow import ValidationError
 
 from media_service.api.forms import given_more_than_once, urlencoded_pairs
 from media_service.auth import Principal
-from media_service.context import app_state, media_service
+from media_service.context import app_state, current_media_service
 from media_service.errors import (
     BadRequest,
     PayloadTooLarge,
     UnsupportedMediaType,
     ValidationFailed,
 )
-from media_service.http.body import CountingInput, MinimumRateInput
+from media_service.http.body import LimitedInput, MinimumRateInput
 from media_service.http.multipart import FilePart, FormField, MultipartStream
 from media_service.schemas.media import UploadFieldsSchema, file_name_problem
 from media_service.service.media import StagedUpload
@@ -54,12 +54,12 @@ def receive_upload(principal: Principal) -> MediaItem:
     # Refuse before reading a byte when the client has announced the size.
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The upload is larger than the maximum of {max_bytes} bytes.")
-    service = media_service()
+    service = current_media_service()
     service.admit_upload(request.content_length)
     paced = MinimumRateInput.for_environ(
         request.stream, request.environ, settings.upload_min_rate, settings.upload_rate_window
     )
-    body = CountingInput(paced, limit)
+    body = LimitedInput(paced, limit)
     form = MultipartStream(body, boundary.encode("latin-1"), file_field_names=FILE_FIELDS)
 
     staged: StagedUpload | None = None
@@ -118,7 +118,7 @@ def _receive_url_form(principal: Principal) -> MediaItem:
         problems[name] = ["A file cannot be sent urlencoded; use multipart/form-data."]
         del fields[name]  # reported once, not again as an unknown field
     values = _validate_fields(fields, problems, has_file=False)
-    service = media_service()
+    service = current_media_service()
     service.admit_upload(None)  # the fetched bytes are staged like a file's
     staged = service.stage_from_url(principal, values.pop("url"))
     return service.publish_upload(staged, values)  # abandons the upload if it fails

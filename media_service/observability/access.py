@@ -48,7 +48,7 @@ class Exchange:
     method: str
     path: str
     query: str | None
-    body: _CountingInput | None
+    body: _BytesReadCounter | None
     request_id: str | None = None
     route: str | None = None
     status: int | None = None
@@ -116,7 +116,7 @@ class AccessMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         body = environ.get("wsgi.input")
-        counted = _CountingInput(body) if body is not None else None
+        counted = _BytesReadCounter(body) if body is not None else None
         if counted is not None:
             environ["wsgi.input"] = counted
         exchange = Exchange(
@@ -221,8 +221,8 @@ def _in_memory_body_length(exchange: Exchange) -> int:
 # --------------------------------------------------------------------------- counting bodies
 
 
-class _CountingInput:
-    """The request body stream, counting the bytes the app reads from it."""
+class _BytesReadCounter:
+    """The request body stream, counting the bytes the app reads from it (`bytes_in`)."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
