@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flask import request
 
-from media_service.api.forms import given_more_than_once, urlencoded_pairs
+from media_service.api.forms import bounded_body, given_more_than_once, urlencoded_pairs
 from media_service.auth import Principal
 from media_service.context import app_state, current_media_service
 from media_service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -61,14 +61,9 @@ def _receive_url_form(principal: Principal) -> MediaItem:
     Without a `url` it is not an upload we can take (a file cannot be sent urlencoded): 415,
     as for any other type that is not multipart.
     """
-    if request.content_length is not None and request.content_length > MAX_URLENCODED_BODY:
-        raise PayloadTooLarge(f"A urlencoded upload is limited to {MAX_URLENCODED_BODY} bytes.")
-    # Without Content-Length (chunked) Werkzeug stops quietly at the limit: read one byte more
-    # than allowed so that an oversize body is refused rather than parsed cut short.
-    request.max_content_length = MAX_URLENCODED_BODY + 1
-    body = request.get_data(cache=True)
-    if len(body) > MAX_URLENCODED_BODY:
-        raise PayloadTooLarge(f"A urlencoded upload is limited to {MAX_URLENCODED_BODY} bytes.")
+    body = bounded_body(
+        MAX_URLENCODED_BODY, f"A urlencoded upload is limited to {MAX_URLENCODED_BODY} bytes."
+    )
     pairs = urlencoded_pairs(body)
     fields = dict(pairs)
     if "url" not in fields:
