@@ -244,7 +244,7 @@ UPDATE_DOC = {
 @blp.route("/<item_id>", methods=["PUT"], endpoint="update")
 @blp.doc(**UPDATE_DOC)
 @auth_required
-@item_id_checked  # the id before the body, as for every other item view
+@item_id_checked  # a bad id is 400 before the body is read
 @blp.arguments(UpdateSchema, location="body")
 def update(changes: dict[str, Any], item_id: str, *, principal: Principal) -> Any:
     item = current_media_service().update(principal, item_id, changes)
