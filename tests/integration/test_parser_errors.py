@@ -13,7 +13,11 @@ from collections.abc import Callable
 import pytest
 
 from media_service.auth.tokens import MAX_TOKEN_LENGTH
-from tests.integration.conftest import LOOPBACK, LiveServer, StartServer
+from realservers.gunicorn_server import GunicornServer
+from tests.integration.conftest import (
+    LOOPBACK,
+    StartServer,
+)
 from tests.problems import assert_problem
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -22,12 +26,12 @@ Exchange = Callable[[bytes], tuple[int, dict[str, str], bytes]]
 
 
 @pytest.fixture(scope="module")
-def server(module_live_server: StartServer) -> LiveServer:
+def server(module_live_server: StartServer) -> GunicornServer:
     return module_live_server(workers=1, threads=2)
 
 
 @pytest.fixture
-def exchange(server: LiveServer) -> Exchange:
+def exchange(server: GunicornServer) -> Exchange:
     def send(request: bytes) -> tuple[int, dict[str, str], bytes]:
         with socket.create_connection((LOOPBACK, server.port), timeout=10) as sock:
             sock.sendall(request)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from realservers.gunicorn_server import GunicornServer
 from tests.integration.conftest import (
-    LiveServer,
     StartServer,
     create_account,
     fresh_mongo_database,
@@ -40,7 +40,7 @@ MAX_BYTES = 1_048_576  # 10 uploads of SIZE fit, 11 do not
 
 @dataclass
 class Hosts:
-    servers: tuple[LiveServer, LiveServer]
+    servers: tuple[GunicornServer, GunicornServer]
     owner: tuple[str, str]
     ferretdb: bool
 
@@ -73,14 +73,14 @@ def hosts(request: pytest.FixtureRequest, live_server: StartServer) -> Iterator[
         first.stop()  # before the database is dropped
 
 
-def _upload(job: tuple[LiveServer, tuple[str, str], bytes]) -> tuple[int, dict]:
+def _upload(job: tuple[GunicornServer, tuple[str, str], bytes]) -> tuple[int, dict]:
     server, owner, content = job
     with http_session() as http:
         response = upload(http, server, content, auth=owner)
         return response.status_code, response.json()
 
 
-def _show(server: LiveServer, api_key: str) -> dict:
+def _show(server: GunicornServer, api_key: str) -> dict:
     return json.loads(server.cli("accounts", "show", "--api-key", api_key, "--json").stdout)
 
 
