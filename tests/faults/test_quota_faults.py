@@ -21,9 +21,9 @@ from media_service.auth import generate_secret, hash_secret
 from media_service.backends import open_backends
 from media_service.settings import Settings
 from media_service.storage.interfaces import Account, Backends, BackendUnavailable, ItemState
+from realservers.gunicorn_server import GunicornServer
 from tests.conftest import Credentials
 from tests.faults.conftest import (
-    GunicornServer,
     all_items,
     assert_consistent,
     multipart_body,

@@ -22,11 +22,11 @@ from media_service.auth import generate_secret, hash_secret
 from media_service.backends import open_backends
 from media_service.settings import Settings
 from media_service.storage.interfaces import Account, Backends, ItemState
+from realservers.gunicorn_server import GunicornServer
 from tests.faults.conftest import (
     FILE_PART_TAIL,
     LOOPBACK,
     MULTIPART_TYPE,
-    GunicornServer,
     all_items,
     assert_consistent,
     blob_keys,

@@ -39,11 +39,11 @@ from media_service.storage.interfaces import (
     SearchQuery,
     SearchScope,
 )
+from realservers.gunicorn_server import GunicornServer
 from tests.faults.conftest import (
     FILE_PART_TAIL,
     MEDIA_SERVICE_CLI,
     MULTIPART_TYPE,
-    GunicornServer,
     TcpProxy,
     all_items,
     assert_consistent,
