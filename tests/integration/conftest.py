@@ -9,13 +9,13 @@ Fixtures:
     live_server         function-scoped factory: live_server(workers=2, threads=None, env={...})
     module_live_server  the same factory, for servers shared by the tests of one module
     moto_server         a ThreadedMotoServer (real HTTP S3) with a bucket, for the session
-    mongo_database_url  a fresh database on MEDIA_TEST_MONGO_URL (skips when unset), dropped after
-                        (fresh_mongo_database() is the same as a context manager)
-    real_s3_env         a fresh bucket on MEDIA_TEST_S3_ENDPOINT (skips when unset), removed after
 
 Helpers for the test modules: launch() (a server without a fixture), provision() (account,
 application and token through the CLI), create_account() (just the account, for Basic auth),
-upload(), payload(), http_session() (proxy-free).
+upload(), payload(), http_session() (proxy-free); the real backends of a server: pair_params()
+(fixture params for "sqlite+files", "mongodb+s3", ... with their markers) and pair_env() (a fresh
+database and bucket for the pair, dropped after), or fresh_mongo_database() and fresh_s3_env().
+The servers themselves are realservers.gunicorn_server.GunicornServer.
 """
 
 from __future__ import annotations
@@ -280,13 +280,6 @@ def fresh_mongo_database() -> Iterator[str]:
 real_mongo_is_ferretdb = real_backends.mongo_is_ferretdb
 
 
-@pytest.fixture
-def mongo_database_url() -> Iterator[str]:
-    """A database of its own on MEDIA_TEST_MONGO_URL, dropped afterwards; skips when unset."""
-    with fresh_mongo_database() as url:
-        yield url
-
-
 @contextlib.contextmanager
 def fresh_s3_env() -> Iterator[dict[str, str]]:
     """Server variables for a fresh bucket on MEDIA_TEST_S3_ENDPOINT; emptied and removed after."""
@@ -296,8 +289,27 @@ def fresh_s3_env() -> Iterator[dict[str, str]]:
         yield real_backends.service_s3_env(bucket)
 
 
-@pytest.fixture
-def real_s3_env() -> Iterator[dict[str, str]]:
-    """fresh_s3_env() as a fixture."""
-    with fresh_s3_env() as env:
-        yield env
+# The pairs a live server can run on, and the markers of the real servers each one needs.
+PAIR_MARKS: dict[str, list[pytest.MarkDecorator]] = {
+    "sqlite+files": [],
+    "mongodb+files": [pytest.mark.mongo],
+    "sqlite+s3": [pytest.mark.minio],
+    "mongodb+s3": [pytest.mark.mongo, pytest.mark.minio],
+}
+
+
+def pair_params(*pairs: str) -> list[Any]:
+    """Fixture params for `pairs` (keys of PAIR_MARKS), each with the markers it needs."""
+    return [pytest.param(pair, marks=PAIR_MARKS[pair], id=pair) for pair in pairs]
+
+
+def pair_env(pair: str, cleanup: contextlib.ExitStack) -> dict[str, str]:
+    """Server variables for `pair`: a fresh database and/or bucket on the real servers (skips
+    when they are not configured), removed when `cleanup` closes. Stop the servers first."""
+    database, storage = pair.split("+")
+    env: dict[str, str] = {}
+    if database == "mongodb":
+        env["MEDIA_DATABASE_URL"] = cleanup.enter_context(fresh_mongo_database())
+    if storage == "s3":
+        env.update(cleanup.enter_context(fresh_s3_env()))
+    return env

@@ -26,9 +26,9 @@ from realservers.gunicorn_server import GunicornServer
 from tests.integration.conftest import (
     StartServer,
     create_account,
-    fresh_mongo_database,
-    fresh_s3_env,
     http_session,
+    pair_env,
+    pair_params,
     payload,
     real_mongo_is_ferretdb,
     upload,
@@ -69,10 +69,7 @@ class Stack:
 
 @pytest.fixture(
     scope="module",
-    params=[
-        "sqlite+files",
-        pytest.param("mongodb+s3", marks=[pytest.mark.mongo, pytest.mark.minio]),
-    ],
+    params=pair_params("sqlite+files", "mongodb+s3"),
 )
 def stack(
     request: pytest.FixtureRequest,
@@ -80,10 +77,7 @@ def stack(
 ) -> Iterator[Stack]:
     """WEB_CONCURRENCY=4 gunicorn on SQLite + files (the embedded default) or MongoDB + S3."""
     with ExitStack() as cleanup:
-        env: dict[str, str] = {}
-        if request.param == "mongodb+s3":
-            env = real_pair_env(cleanup)
-        server = module_live_server(workers=WORKERS, env=env)
+        server = module_live_server(workers=WORKERS, env=pair_env(request.param, cleanup))
         server.wait_for_workers(WORKERS)
         yield Stack(
             server,
@@ -91,14 +85,6 @@ def stack(
             ferretdb=request.param == "mongodb+s3" and real_mongo_is_ferretdb(),
         )
         server.stop()  # before the database is dropped
-
-
-def real_pair_env(cleanup: ExitStack) -> dict[str, str]:
-    """Server variables for a fresh database and bucket on the real servers."""
-    return {
-        "MEDIA_DATABASE_URL": cleanup.enter_context(fresh_mongo_database()),
-        **cleanup.enter_context(fresh_s3_env()),
-    }
 
 
 def _anonymous_get(url: str) -> tuple[int, str | None]:
@@ -240,7 +226,7 @@ def test_two_servers_count_one_item_exactly_between_them(
         # As in the test above: FerretDB 1.x's updates are a read and a later write.
         request.applymarker(pytest.mark.xfail(reason="FerretDB updates are not atomic"))
     with ExitStack() as cleanup:
-        env = real_pair_env(cleanup)
+        env = pair_env("mongodb+s3", cleanup)
         first = live_server(workers=2, env=env)
         second = live_server(workers=2, env=env)
         owner = create_account(first)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from tests.integration.conftest import (
     StartServer,
     Tenant,
     http_session,
+    pair_env,
+    pair_params,
     provision,
     upload,
 )
@@ -33,25 +36,13 @@ POLL_SECONDS = 0.05
 WITHIN_SECONDS = 1.0
 
 
-@pytest.fixture(
-    params=[
-        "sqlite+files",
-        pytest.param("mongodb+files", marks=pytest.mark.mongo),
-        pytest.param("sqlite+s3", marks=pytest.mark.minio),
-        pytest.param("mongodb+s3", marks=[pytest.mark.mongo, pytest.mark.minio]),
-    ]
-)
+@pytest.fixture(params=pair_params("sqlite+files", "mongodb+files", "sqlite+s3", "mongodb+s3"))
 def server(request: pytest.FixtureRequest, live_server: StartServer) -> Iterator[GunicornServer]:
     """Two gunicorn workers on the pair; stopped before its database and bucket go."""
-    database, storage = request.param.split("+")
-    env: dict[str, str] = {}
-    if database == "mongodb":
-        env["MEDIA_DATABASE_URL"] = request.getfixturevalue("mongo_database_url")
-    if storage == "s3":
-        env.update(request.getfixturevalue("real_s3_env"))
-    started = live_server(workers=2, env=env)
-    yield started
-    started.stop()
+    with ExitStack() as cleanup:
+        started = live_server(workers=2, env=pair_env(request.param, cleanup))
+        yield started
+        started.stop()
 
 
 def visible(http: requests.Session, server: GunicornServer, tenant: Tenant, item_id: str) -> dict:

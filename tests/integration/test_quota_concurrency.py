@@ -23,9 +23,9 @@ from realservers.gunicorn_server import GunicornServer
 from tests.integration.conftest import (
     StartServer,
     create_account,
-    fresh_mongo_database,
-    fresh_s3_env,
     http_session,
+    pair_env,
+    pair_params,
     payload,
     real_mongo_is_ferretdb,
     upload,
@@ -46,18 +46,12 @@ class Hosts:
 
 
 @pytest.fixture(
-    params=[
-        "sqlite+files",
-        pytest.param("mongodb+s3", marks=[pytest.mark.mongo, pytest.mark.minio]),
-    ],
+    params=pair_params("sqlite+files", "mongodb+s3"),
 )
 def hosts(request: pytest.FixtureRequest, live_server: StartServer) -> Iterator[Hosts]:
     with ExitStack() as cleanup:
         if request.param == "mongodb+s3":
-            env = {
-                "MEDIA_DATABASE_URL": cleanup.enter_context(fresh_mongo_database()),
-                **cleanup.enter_context(fresh_s3_env()),
-            }
+            env = pair_env(request.param, cleanup)
             first = live_server(workers=2, env=env)
             second = live_server(workers=2, env=env)
         else:

@@ -14,6 +14,7 @@ import hashlib
 import io
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,6 +30,8 @@ from tests.integration.conftest import (
     create_account,
     fresh_s3_env,
     http_session,
+    pair_env,
+    pair_params,
     payload,
     provision,
     upload,
@@ -41,13 +44,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 MiB = 1024 * 1024
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("mongodb+files", marks=pytest.mark.mongo),
-        pytest.param("sqlite+s3", marks=pytest.mark.minio),
-        pytest.param("mongodb+s3", marks=[pytest.mark.mongo, pytest.mark.minio]),
-    ]
-)
+@pytest.fixture(params=pair_params("mongodb+files", "sqlite+s3", "mongodb+s3"))
 def real_stack(
     request: pytest.FixtureRequest, live_server: StartServer
 ) -> Iterator[GunicornServer]:
@@ -55,15 +52,10 @@ def real_stack(
 
     The server is stopped here, before its database and bucket are removed.
     """
-    database, storage = request.param.split("+")
-    env: dict[str, str] = {}
-    if database == "mongodb":
-        env["MEDIA_DATABASE_URL"] = request.getfixturevalue("mongo_database_url")
-    if storage == "s3":
-        env.update(request.getfixturevalue("real_s3_env"))
-    server = live_server(workers=2, env=env)
-    yield server
-    server.stop()
+    with ExitStack() as cleanup:
+        server = live_server(workers=2, env=pair_env(request.param, cleanup))
+        yield server
+        server.stop()
 
 
 def test_full_lifecycle_on_real_backends(real_stack: GunicornServer, tmp_path: Path) -> None:
