@@ -110,7 +110,8 @@ def open_pair(pair: str, settings: Settings) -> Iterator[Backends]:
     elif pair == "sqlite-files":
         yield from _sqlite_files(settings)
     elif pair == "mongomock-moto":
-        yield from _mongomock_moto()
+        with mongomock_moto() as backends:
+            yield backends
     else:
         raise ValueError(f"unknown backend pair {pair!r}")
 
@@ -126,9 +127,15 @@ def _sqlite_files(settings: Settings) -> Iterator[Backends]:
             closer.close()  # type: ignore[attr-defined]
 
 
-def _mongomock_moto() -> Iterator[Backends]:
-    import boto3
-    import botocore.session
+@contextlib.contextmanager
+def mongomock_moto(
+    s3_client: Callable[[], Any] | None = None, *, presign: bool = False
+) -> Iterator[Backends]:
+    """The mongomock-moto pair, schema in place, inside moto's `mock_aws` (needs `sandbox_aws`).
+
+    `s3_client` builds the S3 clients (default: boto3's, with the session's model loader);
+    with `presign` the blob store gets a second one to sign download URLs with.
+    """
     import mongomock
     from moto import mock_aws
 
@@ -140,19 +147,29 @@ def _mongomock_moto() -> Iterator[Backends]:
     from media_service.storage.s3 import S3BlobStore
 
     with mock_aws():
-        session = botocore.session.get_session()
-        session.register_component("data_loader", _botocore_loader())
-        client = boto3.Session(botocore_session=session).client("s3", region_name="us-east-1")
+        make_client = s3_client or _default_s3_client
+        client = make_client()
         client.create_bucket(Bucket="media-test")
         database = MongoDatabase.wrap(mongomock.MongoClient(tz_aware=True)["media"])
         backends = Backends(
-            blobs=S3BlobStore(client, "media-test", "items/"),
+            blobs=S3BlobStore(
+                client, "media-test", "items/", presign_client=make_client() if presign else None
+            ),
             media=MongoMediaRepository.from_database(database),
             credentials=MongoCredentialStore.from_database(database),
         )
         backends.media.ensure_schema()
         backends.credentials.ensure_schema()
         yield backends
+
+
+def _default_s3_client() -> Any:
+    import boto3
+    import botocore.session
+
+    session = botocore.session.get_session()
+    session.register_component("data_loader", _botocore_loader())
+    return boto3.Session(botocore_session=session).client("s3", region_name="us-east-1")
 
 
 @pytest.fixture(params=BACKEND_PAIRS)
