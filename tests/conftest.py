@@ -275,3 +275,98 @@ def upload(client: FlaskClient) -> Uploader:
 
 def real_backend_env(name: str) -> str | None:
     return os.environ.get(name) or None
+
+
+# --------------------------------------------------------------------------- shared worlds
+
+KeyPair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class World:
+    """One backend pair, app and set of credentials shared by the tests of a module."""
+
+    settings: Settings
+    backends: Backends
+    app: Flask
+    owner: Credentials  # account acct0001, application app-one
+    sibling: Credentials  # the same account, application app-two
+    stranger: Credentials  # account acct0002, application app-other
+
+
+@contextlib.contextmanager
+def open_world(
+    pair: str, directory: Path, keypair: KeyPair, second_keypair: KeyPair, **overrides: Any
+) -> Iterator[World]:
+    """Open `pair` (one of BACKEND_PAIRS) under `directory`, with an app and its credentials."""
+    settings = make_settings(directory, **overrides)
+    with contextlib.ExitStack() as stack:
+        sandbox_aws(stack.enter_context(pytest.MonkeyPatch.context()))  # for the module's life
+        backends = stack.enter_context(open_pair(pair, settings))
+        app = create_app(settings, backends=backends)
+        app.config["TESTING"] = True
+        owner = provision(backends, keypair, api_key="acct0001", application_id="app-one")
+        backends.credentials.add_application(
+            Application("app-two", owner.api_key, (second_keypair[1],))
+        )
+        sibling = Credentials(owner.api_key, owner.api_secret, "app-two", second_keypair[0])
+        stranger = provision(
+            backends, second_keypair, api_key="acct0002", application_id="app-other"
+        )
+        yield World(settings, backends, app, owner, sibling, stranger)
+
+
+def shared_world(**overrides: Any) -> tuple[Any, ...]:
+    """Opt a test module in to one World per backend pair for all of its tests. At module level,
+
+        world, app, backends, owner, sibling, stranger = shared_world(max_upload_bytes=...)
+
+    puts a module-scoped `world` fixture (params BACKEND_PAIRS; settings from make_settings
+    with `overrides`) in place, and the `app`, `backends`, `owner`, `sibling` and `stranger`
+    fixtures above give way to its parts. Fresh backends and a fresh app cost a quarter to half
+    a second a test, which tables of hundreds of rows cannot afford; each test then creates the
+    items it needs under fresh ids. `parametrize("world", [...], indirect=True)` narrows a test
+    to some pairs.
+    """
+
+    @pytest.fixture(name="world", scope="module", params=BACKEND_PAIRS)
+    def world_fixture(
+        request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory,
+        rsa_keypair: KeyPair,
+        second_rsa_keypair: KeyPair,
+    ) -> Iterator[World]:
+        directory = tmp_path_factory.mktemp(request.param)
+        with open_world(
+            request.param, directory, rsa_keypair, second_rsa_keypair, **overrides
+        ) as world:
+            yield world
+
+    @pytest.fixture(name="app")
+    def app_fixture(world: World) -> Flask:
+        return world.app
+
+    @pytest.fixture(name="backends")
+    def backends_fixture(world: World) -> Backends:
+        return world.backends
+
+    @pytest.fixture(name="owner")
+    def owner_fixture(world: World) -> Credentials:
+        return world.owner
+
+    @pytest.fixture(name="sibling")
+    def sibling_fixture(world: World) -> Credentials:
+        return world.sibling
+
+    @pytest.fixture(name="stranger")
+    def stranger_fixture(world: World) -> Credentials:
+        return world.stranger
+
+    return (
+        world_fixture,
+        app_fixture,
+        backends_fixture,
+        owner_fixture,
+        sibling_fixture,
+        stranger_fixture,
+    )
