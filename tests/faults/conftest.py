@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import signal
 import socket
 import struct
 import subprocess
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -516,6 +519,24 @@ def run_sweep(env: dict[str, str], *flags: str) -> dict[str, int]:
     assert done.returncode == 0, done.stderr
     report: dict[str, int] = json.loads(done.stdout)
     return report
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def kill_worker(server: GunicornServer, worker: int, *, replaced: bool = True) -> None:
+    """SIGKILL one worker; wait until the master has reaped it (and, if `replaced`, started the
+    one new worker of a WEB_CONCURRENCY=1 server)."""
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: worker not in server.worker_pids(), "the killed worker to be reaped")
+    if replaced:
+        wait_for(lambda: len(server.worker_pids()) == 1, "the master to start a new worker")
 
 
 @pytest.fixture
