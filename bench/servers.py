@@ -27,10 +27,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from realservers.gunicorn_server import DUMMY_AWS, GunicornServer, service_env
+from realservers.process import Managed as _Managed
 from realservers.process import ServerFailed, free_port
 
 LOOPBACK = "127.0.0.1"
@@ -78,31 +78,6 @@ def wait_for_http(port: int, path: str, process: subprocess.Popen[bytes], log: P
             conn.close()
         time.sleep(0.1)
     raise ServerFailed(f"no answer on {path} within {STARTUP_TIMEOUT:.0f} s:\n{_tail(log)}")
-
-
-class _Managed:
-    """Context-manager plumbing: `with Server(...) as s:` starts it and always stops it."""
-
-    def start(self) -> Any:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Any:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class Gunicorn(GunicornServer):

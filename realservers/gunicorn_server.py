@@ -23,9 +23,8 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
-from realservers.process import ServerFailed, children_of, free_port
+from realservers.process import Managed, ServerFailed, children_of, free_port
 
 __all__ = ["DUMMY_AWS", "GunicornServer", "ServerFailed", "service_env"]
 
@@ -88,7 +87,7 @@ class CommandFailed(RuntimeError):
     """`media-service ARGS` exited non-zero; the message carries its stderr."""
 
 
-class GunicornServer:
+class GunicornServer(Managed):
     """One gunicorn master with its workers, serving on 127.0.0.1:`port`.
 
     `env` is laid over `service_env(data_dir)`; `workers` and `threads` set WEB_CONCURRENCY and
@@ -262,21 +261,6 @@ class GunicornServer:
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(self.stop_timeout)
-
-    def __enter__(self) -> GunicornServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- talking to it
 

@@ -316,6 +316,9 @@ def open_world(
         yield World(settings, backends, app, owner, sibling, stranger)
 
 
+WORLD_PARTS = ("app", "backends", "owner", "sibling", "stranger")
+
+
 def shared_world(**overrides: Any) -> tuple[Any, ...]:
     """Opt a test module in to one World per backend pair for all of its tests. At module level,
 
@@ -342,31 +345,11 @@ def shared_world(**overrides: Any) -> tuple[Any, ...]:
         ) as world:
             yield world
 
-    @pytest.fixture(name="app")
-    def app_fixture(world: World) -> Flask:
-        return world.app
+    def part(name: str) -> Any:
+        @pytest.fixture(name=name)
+        def fixture(world: World) -> Any:
+            return getattr(world, name)
 
-    @pytest.fixture(name="backends")
-    def backends_fixture(world: World) -> Backends:
-        return world.backends
+        return fixture
 
-    @pytest.fixture(name="owner")
-    def owner_fixture(world: World) -> Credentials:
-        return world.owner
-
-    @pytest.fixture(name="sibling")
-    def sibling_fixture(world: World) -> Credentials:
-        return world.sibling
-
-    @pytest.fixture(name="stranger")
-    def stranger_fixture(world: World) -> Credentials:
-        return world.stranger
-
-    return (
-        world_fixture,
-        app_fixture,
-        backends_fixture,
-        owner_fixture,
-        sibling_fixture,
-        stranger_fixture,
-    )
+    return (world_fixture, *(part(name) for name in WORLD_PARTS))
