@@ -90,6 +90,16 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """MEDIA_* pointing at an embedded store under tmp_path, as `media-service` reads it."""
+    for name in list(os.environ):
+        if name.startswith("MEDIA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MEDIA_DATA_DIR", str(tmp_path))
+    return Settings.from_env()
+
+
 @functools.cache
 def _botocore_loader() -> Any:
     """One model loader for the session: re-reading botocore's JSON models costs ~0.3 s a client."""
