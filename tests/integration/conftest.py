@@ -68,6 +68,17 @@ def launch(
     return server.start(wait=wait)
 
 
+def split_answer(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP/1.1 response: (status, headers with lower-case names, body)."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
 class ServerFarm:
     """Starts servers under one temporary directory and stops every one of them at the end."""
 

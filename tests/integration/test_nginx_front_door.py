@@ -37,6 +37,7 @@ from tests.integration.conftest import (
     payload,
     upload,
 )
+from tests.integration.conftest import split_answer as split
 from tests.problems import assert_problem
 
 NGINX_CONF = REPO_ROOT / "config" / "nginx" / "media.conf"
@@ -172,16 +173,6 @@ def raw_exchange(port: int, request: bytes, source: str = LOOPBACK) -> bytes:
         while chunk := s.recv(65536):
             answer += chunk
     return answer
-
-
-def split(answer: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), headers, body
 
 
 # --- the config mirrors the service's limits ----------------------------------------------------

@@ -17,6 +17,7 @@ from realservers.gunicorn_server import GunicornServer
 from tests.integration.conftest import (
     LOOPBACK,
     StartServer,
+    split_answer,
 )
 from tests.problems import assert_problem
 
@@ -39,13 +40,7 @@ def exchange(server: GunicornServer) -> Exchange:
             answer = b""
             while chunk := sock.recv(65536):
                 answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return int(status_line.split()[1]), headers, body
+        return split_answer(answer)
 
     return send
 
