@@ -341,16 +341,6 @@ def test_temp_files_past_the_floor_are_removed(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the command
 
 
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """MEDIA_* pointing at an embedded store under tmp_path, as `media-service` reads it."""
-    for name in list(os.environ):
-        if name.startswith("MEDIA_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MEDIA_DATA_DIR", str(tmp_path))
-    return Settings.from_env()
-
-
 def test_cli_sweep_prints_a_json_report(
     cli_env: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
