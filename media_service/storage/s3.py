@@ -7,6 +7,7 @@ port's exceptions.
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
@@ -50,17 +51,22 @@ _RESPONSE_OVERRIDES = {
 
 
 def _transfer_config() -> TransferConfig:
-    """Multipart settings whose memory use per upload is bounded (about 5 parts of 8 MiB)."""
+    """Multipart settings whose memory use per upload is two parts of 8 MiB.
+
+    One part in memory at a time: it is sent while the request thread reads the next one from
+    the client, so the upload still overlaps reading and sending, and a worker's RSS grows by
+    about 16 MiB for an upload of any size (s3transfer's defaults would hold 10 parts).
+    """
     config = TransferConfig(
         multipart_threshold=PART_SIZE,
         multipart_chunksize=PART_SIZE,
-        max_concurrency=4,
+        max_concurrency=2,
         use_threads=True,
         preferred_transfer_client="classic",  # never the CRT client: same code path everywhere
     )
     # Not an __init__ argument of boto3's TransferConfig, but s3transfer honours it: at most this
-    # many parts read ahead of the network (the default, 10, would allow 80 MiB per upload).
-    config.max_in_memory_upload_chunks = 4
+    # many parts read and not yet sent. The part being read is not counted.
+    config.max_in_memory_upload_chunks = 1
     return config
 
 
@@ -94,7 +100,11 @@ class _FullReads:
 
     def read(self, size: int | None = -1) -> bytes:
         want = -1 if size is None or size < 0 else size
-        parts: list[bytes] = []
+        # The chunks go into one growing buffer as they come, each let go at once: joining a
+        # list of them at the end would hold every part twice (8 MiB more per upload).
+        # getvalue() of a BytesIO that was only written to hands over its buffer, no copy.
+        first = b""
+        part: io.BytesIO | None = None
         got = 0
         while want < 0 or got < want:
             if self.abandoned():
@@ -107,10 +117,17 @@ class _FullReads:
                 raise _SourceFailed() from exc
             if not chunk:
                 break
-            parts.append(chunk)
+            if not got:
+                first = chunk
+            else:
+                if part is None:
+                    part = io.BytesIO()
+                    part.write(first)
+                    first = b""
+                part.write(chunk)
             got += len(chunk)
         self.size += got
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return first if part is None else part.getvalue()
 
 
 class _SourceFailed(Exception):
