@@ -27,7 +27,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from bench.client import upload_file, wrk
 from bench.measure import Figure, RunContext, alternate, make_random_file, ratio_figure
@@ -35,9 +34,11 @@ from bench.servers import (
     LOOPBACK,
     REPO_ROOT,
     Gunicorn,
+    MinioS3,
     MotoS3,
     ServerFailed,
     _Managed,
+    minio_installed,
     wait_for_http,
 )
 from realservers.process import free_port
@@ -139,41 +140,13 @@ def _curl_mib_per_s(url: str, size: int, follow: bool) -> float:
 @contextlib.contextmanager
 def _s3_endpoint(ctx: RunContext) -> Iterator[tuple[str, dict[str, str]]]:
     """(name, service variables) of MinIO when installed, else of moto's server."""
-    from realservers import pins
-
-    if pins.minio_binary().exists():
-        from realservers.minio import start_minio
-
-        minio = start_minio(ctx.scratch("offload-minio"))
-        try:
-            account = minio.s3
-            client = _client(account.endpoint, account.credentials_env())
-            client.create_bucket(Bucket="media-bench")
-            client.close()
-            yield (
-                "MinIO",
-                {
-                    "AWS_ENDPOINT_URL_S3": account.endpoint,
-                    "MEDIA_STORAGE_URL": "s3://media-bench/",
-                    **account.credentials_env(),
-                },
-            )
-        finally:
-            minio.stop()
+    if minio_installed():
+        with MinioS3(ctx.scratch("offload-minio")) as minio:
+            yield "MinIO", minio.storage_env("")
         return
     ctx.log("  MinIO is not installed (python -m realservers install minio): moto's server")
     with MotoS3(ctx.scratch("offload-moto")) as moto:
         yield "moto's server (MinIO not installed)", moto.storage_env("")
-
-
-def _client(endpoint: str, credentials: dict[str, str]) -> Any:
-    import boto3
-
-    return boto3.session.Session(
-        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-        region_name=credentials.get("AWS_DEFAULT_REGION") or "us-east-1",
-    ).client("s3", endpoint_url=endpoint)
 
 
 def run(ctx: RunContext) -> list[Figure]:

@@ -2,7 +2,7 @@
 
     python -m bench.run_all              # everything (what `make bench` runs)
     python -m bench.run_all --quick      # a smoke run: small sizes, one alternation, no docs
-    python -m bench.run_all --only 5,6   # some items (3 and 4 cover both stores)
+    python -m bench.run_all --only 5,6   # some items (3 and 4 cover every store)
 
 Installs what it needs on first use (Debian's nginx-light and wrk, matplotlib and py-spy into
 the running environment), starts every server on 127.0.0.1, and removes its scratch directory
@@ -41,6 +41,7 @@ from bench.tools import (
 SCENARIOS: list[tuple[frozenset[int], str, Callable[[RunContext], list[Figure]]]] = [
     (frozenset({1, 3, 4}), "items 1, 3, 4: large transfers on the file store", transfers.run_files),
     (frozenset({2, 3, 4}), "items 2, 3, 4: large transfers on S3", transfers.run_s3),
+    (frozenset({2, 3, 4}), "items 2, 3, 4: large transfers on MinIO", transfers.run_minio),
     (frozenset({5}), "item 5: small requests", small_requests.run),
     (frozenset({6}), "item 6: search latency", search.run),
     (frozenset({7}), "item 7: exact-limit downloads", limits.run),

@@ -7,6 +7,8 @@
   paths, a free port on 127.0.0.1, no system service), serving one directory with sendfile.
 * `MotoS3`: moto's ThreadedMotoServer, in a process of its own so that its request handling
   never competes for the GIL with a boto3 client in the benchmark process.
+* `MinioS3`: MinIO from `realservers`, when its binary is installed (`minio_installed()`); the
+  same interface as `MotoS3` (`bucket`, `url`, `client()`, `storage_env(prefix)`).
 
 Each is a context manager and always stops what it started. Server output goes to log files
 (a pipe nobody reads would fill up and stall a server that logs every request).
@@ -252,28 +254,84 @@ class MotoS3(_Managed):
 
     def client(self) -> Any:
         """A boto3 S3 client configured as the service configures its own."""
-        import boto3
-        from botocore.config import Config
-
-        session = boto3.session.Session(
-            aws_access_key_id=DUMMY_AWS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
-            region_name=DUMMY_AWS["AWS_DEFAULT_REGION"],
-        )
-        config = Config(
-            s3={"addressing_style": "path"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            connect_timeout=10,
-            read_timeout=120,
-            retries={"max_attempts": 3, "mode": "standard"},
-            max_pool_connections=16,
-        )
-        return session.client("s3", endpoint_url=self.url, config=config)
+        return s3_client(self.url, DUMMY_AWS)
 
     def storage_env(self, prefix: str) -> dict[str, str]:
         """The service's variables for blobs under `prefix` in this server's bucket."""
         return {
             "MEDIA_STORAGE_URL": f"s3://{self.bucket}/{prefix}",
             "AWS_ENDPOINT_URL_S3": self.url,
+        }
+
+
+def s3_client(endpoint: str, credentials: dict[str, str]) -> Any:
+    """A boto3 S3 client for `endpoint`, configured as the service configures its own."""
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        region_name=credentials.get("AWS_DEFAULT_REGION") or "us-east-1",
+    )
+    config = Config(
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        connect_timeout=10,
+        read_timeout=120,
+        retries={"max_attempts": 3, "mode": "standard"},
+        max_pool_connections=16,
+    )
+    return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def minio_installed() -> bool:
+    """Whether realservers' MinIO binary is there (MEDIA_TOOLS_DIR, default .tools/)."""
+    from realservers import pins
+
+    return pins.minio_binary().exists()
+
+
+class MinioS3(_Managed):
+    """MinIO from `realservers` on loopback, with one bucket; its data under `work_dir`."""
+
+    def __init__(self, work_dir: Path, bucket: str = "media-bench") -> None:
+        self.work_dir = work_dir
+        self.bucket = bucket
+        self.server: Any = None
+
+    def start(self) -> MinioS3:
+        from realservers.minio import start_minio
+
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.server = start_minio(self.work_dir)
+        client = self.client()
+        client.create_bucket(Bucket=self.bucket)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    @property
+    def url(self) -> str:
+        return str(self.server.s3.endpoint)
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        return dict(self.server.s3.credentials_env())
+
+    def client(self) -> Any:
+        """A boto3 S3 client with MinIO's credentials, configured as the service's own."""
+        return s3_client(self.url, self.credentials)
+
+    def storage_env(self, prefix: str) -> dict[str, str]:
+        """The service's variables (credentials included) for blobs under `prefix`."""
+        return {
+            "MEDIA_STORAGE_URL": f"s3://{self.bucket}/{prefix}",
+            "AWS_ENDPOINT_URL_S3": self.url,
+            **self.credentials,
         }

@@ -17,6 +17,11 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 from media_service.errors import MalformedMultipart
 from media_service.storage.interfaces import CHUNK_SIZE, Readable
 
+# The least a file part's read asks of the body: more than the decoder holds back at the end of
+# what it has (a possible boundary: CRLF, "--" and at most 200 characters), so every read of the
+# body hands on data and a read of the part takes at most two reads of the body.
+_MIN_FEED = 64 * 1024
+
 
 @dataclass(frozen=True)
 class FormField:
@@ -76,10 +81,10 @@ class MultipartStream:
         self._eof = False
         self._current_part: PartReader | None = None
 
-    def _feed(self) -> None:
+    def _feed(self, size: int) -> None:
         if self._eof:
             raise MalformedMultipart("The multipart body ended before its closing boundary.")
-        chunk = self._stream.read(CHUNK_SIZE)  # our own errors (413, client gone) pass through
+        chunk = self._stream.read(size)  # our own errors (413, client gone) pass through
         with _decoder_errors():
             if not chunk:
                 self._eof = True
@@ -87,13 +92,15 @@ class MultipartStream:
             else:
                 self._decoder.receive_data(chunk)
 
-    def next_event(self) -> object:
-        """The decoder's next event, reading more of the body as needed."""
+    def next_event(self, want: int = CHUNK_SIZE) -> object:
+        """The decoder's next event, reading more of the body as needed (`want` bytes at most:
+        what the caller still needs, so that a file part's data events line up with its reads).
+        """
         while True:
             with _decoder_errors():
                 event = self._decoder.next_event()
             if isinstance(event, NeedData):
-                self._feed()
+                self._feed(min(max(want, 1), CHUNK_SIZE))
                 continue
             return event
 
@@ -148,25 +155,30 @@ class PartReader:
     def read(self, size: int = -1, /) -> bytes:
         if size is None or size < 0:
             size = 1 << 62
+        pending, self._pending = self._pending, b""
+        if len(pending) >= size:
+            self._pending = pending[size:]
+            return pending[:size]
         # Collect decoder chunks in a list and join once: repeated `+=` would copy quadratically
         # for the 8 MiB reads the S3 multipart upload makes.
-        chunks = [self._pending] if self._pending else []
-        have = len(self._pending)
+        chunks = [pending] if pending else []
+        have = len(pending)
         while have < size and not self._done:
-            event = self._owner.next_event()
+            # Asking the body for just the bytes still missing (or _MIN_FEED, which is more
+            # than the decoder may hold back at a time) keeps its events aligned with these
+            # reads: a 1 MiB read is then one 1 MiB event, handed on without a copy.
+            event = self._owner.next_event(max(size - have, _MIN_FEED))
             if not isinstance(event, Data):
                 raise MalformedMultipart("A file part ended unexpectedly.")
-            if event.data:
-                chunks.append(event.data)
-                have += len(event.data)
             if not event.more_data:
                 self._done = True
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if len(data) > size:
-            data, self._pending = data[:size], data[size:]
-        else:
-            self._pending = b""
-        return data
+            data = event.data
+            if have + len(data) > size:
+                data, self._pending = data[: size - have], data[size - have :]
+            if data:
+                chunks.append(data)
+                have += len(data)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def drain(self) -> None:
         while self.read(CHUNK_SIZE):

@@ -7,6 +7,9 @@ port's exceptions.
 from __future__ import annotations
 
 import contextlib
+import io
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
@@ -40,6 +43,10 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 PART_SIZE = 8 * 1024 * 1024
+# Downloads larger than this read ahead on a thread (S3BlobStream); small ranges (audio probes,
+# tiny items) never start one.
+READ_AHEAD_BYTES = 4 * CHUNK_SIZE
+STOP_READ_AHEAD_SECONDS = 5.0
 _MISSING = {"NoSuchKey", "NotFound", "404"}
 # Response headers a presigned GetObject URL can set, by header name.
 _RESPONSE_OVERRIDES = {
@@ -50,17 +57,22 @@ _RESPONSE_OVERRIDES = {
 
 
 def _transfer_config() -> TransferConfig:
-    """Multipart settings whose memory use per upload is bounded (about 5 parts of 8 MiB)."""
+    """Multipart settings whose memory use per upload is two parts of 8 MiB.
+
+    One part in memory at a time: it is sent while the request thread reads the next one from
+    the client, so the upload still overlaps reading and sending, and a worker's RSS grows by
+    about 16 MiB for an upload of any size (s3transfer's defaults would hold 10 parts).
+    """
     config = TransferConfig(
         multipart_threshold=PART_SIZE,
         multipart_chunksize=PART_SIZE,
-        max_concurrency=4,
+        max_concurrency=2,
         use_threads=True,
         preferred_transfer_client="classic",  # never the CRT client: same code path everywhere
     )
     # Not an __init__ argument of boto3's TransferConfig, but s3transfer honours it: at most this
-    # many parts read ahead of the network (the default, 10, would allow 80 MiB per upload).
-    config.max_in_memory_upload_chunks = 4
+    # many parts read and not yet sent. The part being read is not counted.
+    config.max_in_memory_upload_chunks = 1
     return config
 
 
@@ -94,7 +106,11 @@ class _FullReads:
 
     def read(self, size: int | None = -1) -> bytes:
         want = -1 if size is None or size < 0 else size
-        parts: list[bytes] = []
+        # The chunks go into one growing buffer as they come, each let go at once: joining a
+        # list of them at the end would hold every part twice (8 MiB more per upload).
+        # getvalue() of a BytesIO that was only written to hands over its buffer, no copy.
+        first = b""
+        part: io.BytesIO | None = None
         got = 0
         while want < 0 or got < want:
             if self.abandoned():
@@ -107,10 +123,17 @@ class _FullReads:
                 raise _SourceFailed() from exc
             if not chunk:
                 break
-            parts.append(chunk)
+            if not got:
+                first = chunk
+            else:
+                if part is None:
+                    part = io.BytesIO()
+                    part.write(first)
+                    first = b""
+                part.write(chunk)
             got += len(chunk)
         self.size += got
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return first if part is None else part.getvalue()
 
 
 class _SourceFailed(Exception):
@@ -122,21 +145,34 @@ class _Abandoned(Exception):
 
 
 class S3BlobStream:
-    """The body of a GetObject, in 1 MiB chunks; close() releases the pooled connection."""
+    """The body of a GetObject, in 1 MiB chunks; close() releases the pooled connection.
 
-    def __init__(self, body: Any | None) -> None:
+    A body of more than READ_AHEAD_BYTES is read one chunk ahead on a thread of its own, so
+    that receiving from S3 and sending to the client (two socket waits, each releasing the GIL)
+    overlap instead of taking turns: at most two chunks are held.
+    """
+
+    def __init__(self, body: Any | None, length: int | None = None) -> None:
         self._body = body  # None for an empty range
+        self._ahead = length is not None and length > READ_AHEAD_BYTES
+        self._reader: _ReadAhead | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         if self._body is None:
             return
+        chunks = _regroup(self._body.iter_chunks(CHUNK_SIZE), CHUNK_SIZE)
+        if self._ahead:
+            self._reader = _ReadAhead(chunks)
+            chunks = iter(self._reader)
         try:
-            yield from _regroup(self._body.iter_chunks(CHUNK_SIZE), CHUNK_SIZE)
+            yield from chunks
         except BotoCoreError as exc:  # read timeouts and broken connections mid-body
             raise _translate(exc, "GetObject") from exc
 
     def close(self) -> None:
         """Close the body; an unread rest drops the connection instead of reusing it."""
+        if self._reader is not None:
+            self._reader.stop()  # no read on the body may run while it is closed
         if self._body is not None:
             self._body.close()
 
@@ -150,6 +186,54 @@ class S3BlobStream:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _ReadAhead:
+    """Pull `chunks` on a thread, one chunk ahead of the consumer; its errors re-raised here."""
+
+    _END = object()
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._queue: queue.Queue[object] = queue.Queue(1)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="s3-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for chunk in self._chunks:
+                if not self._put(chunk):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
+
+    def _put(self, item: object) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            while (item := self._queue.get()) is not self._END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield cast(bytes, item)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Let the thread go and wait (bounded) until it has left the body alone."""
+        self._stopped.set()
+        with contextlib.suppress(queue.Empty):
+            self._queue.get_nowait()  # a chunk it may be waiting to hand over
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=STOP_READ_AHEAD_SECONDS)
 
 
 def _regroup(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
@@ -327,7 +411,7 @@ class S3BlobStore:
             raise _translate(exc, "GetObject", key) from exc
         except BotoCoreError as exc:
             raise _translate(exc, "GetObject") from exc
-        return S3BlobStream(response["Body"])
+        return S3BlobStream(response["Body"], response.get("ContentLength"))
 
     def delete(self, key: str) -> None:
         """Delete the object (S3 answers a missing key with success too)."""
