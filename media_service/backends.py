@@ -40,8 +40,8 @@ def open_backends(settings: Settings, *, ensure_schema: bool = True) -> Backends
         mongo = MongoDatabase.from_settings(settings)
         backends = Backends(
             blobs=blobs,
-            media=MongoMediaRepository.from_database(mongo),
-            credentials=MongoCredentialStore.from_database(mongo),
+            media=MongoMediaRepository(mongo),
+            credentials=MongoCredentialStore(mongo),
             closers=[mongo],
         )
     if ensure_schema:

@@ -147,8 +147,8 @@ def _mongomock_moto() -> Iterator[Backends]:
         database = MongoDatabase.wrap(mongomock.MongoClient(tz_aware=True)["media"])
         backends = Backends(
             blobs=S3BlobStore(client, "media-test", "items/"),
-            media=MongoMediaRepository.from_database(database),
-            credentials=MongoCredentialStore.from_database(database),
+            media=MongoMediaRepository(database),
+            credentials=MongoCredentialStore(database),
         )
         backends.media.ensure_schema()
         backends.credentials.ensure_schema()

@@ -213,14 +213,6 @@ class MongoMediaRepository(records.StateTransitions, MongoQuotas):
         self.collection_name = collection
         self._counts = mongo_counts.MinuteCounts(db.collection, collection)
 
-    @classmethod
-    def from_database(cls, db: MongoDatabase) -> MongoMediaRepository:
-        return cls(db)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MongoMediaRepository:
-        return cls(MongoDatabase.from_settings(settings))
-
     @property
     def _items(self) -> Collection[Document]:
         return self.db.collection(self.collection_name)
@@ -565,14 +557,6 @@ class MongoCredentialStore:
     def __init__(self, db: MongoDatabase) -> None:
         self.db = db
 
-    @classmethod
-    def from_database(cls, db: MongoDatabase) -> MongoCredentialStore:
-        return cls(db)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MongoCredentialStore:
-        return cls(MongoDatabase.from_settings(settings))
-
     @property
     def _accounts(self) -> Collection[Document]:
         return self.db.collection("accounts")
@@ -706,11 +690,3 @@ def _application(doc: Mapping[str, Any]) -> Application:
         public_keys=tuple(doc["public_keys"]),
         enabled=bool(doc["enabled"]),
     )
-
-
-def from_settings(
-    settings: Settings,
-) -> tuple[MongoMediaRepository, MongoCredentialStore, MongoDatabase]:
-    """Both adapters on one client; close the database at shutdown."""
-    db = MongoDatabase.from_settings(settings)
-    return MongoMediaRepository(db), MongoCredentialStore(db), db

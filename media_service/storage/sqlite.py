@@ -524,10 +524,6 @@ class SqliteMediaRepository(records.StateTransitions, SqliteQuotas):
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SqliteMediaRepository:
-        return cls(SqliteDatabase.from_settings(settings))
-
     def ensure_schema(self) -> None:
         self.db.ensure_schema()
 
@@ -864,10 +860,6 @@ class SqliteCredentialStore:
         self._accounts: dict[str, tuple[bytes, float, Account]] = {}
         self._accounts_lock = threading.Lock()
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SqliteCredentialStore:
-        return cls(SqliteDatabase.from_settings(settings))
-
     def ensure_schema(self) -> None:
         self.db.ensure_schema()
 
@@ -1080,11 +1072,3 @@ def _account(row: sqlite3.Row) -> Account:
         secret_digest=bytes(row["secret_digest"]),
         enabled=bool(row["enabled"]),
     )
-
-
-def from_settings(
-    settings: Settings,
-) -> tuple[SqliteMediaRepository, SqliteCredentialStore, SqliteDatabase]:
-    """Both adapters on one database; close the database at shutdown."""
-    db = SqliteDatabase.from_settings(settings)
-    return SqliteMediaRepository(db), SqliteCredentialStore(db), db

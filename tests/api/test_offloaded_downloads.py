@@ -133,8 +133,8 @@ def _moto_backends() -> Iterator[Backends]:
         database = MongoDatabase.wrap(mongomock.MongoClient(tz_aware=True)["media"])
         backends = Backends(
             blobs=S3BlobStore(client, "media-test", "items/", presign_client=_signer(None)),
-            media=MongoMediaRepository.from_database(database),
-            credentials=MongoCredentialStore.from_database(database),
+            media=MongoMediaRepository(database),
+            credentials=MongoCredentialStore(database),
         )
         backends.media.ensure_schema()
         backends.credentials.ensure_schema()

@@ -238,7 +238,8 @@ def test_every_mongo_call_gives_up_within_its_timeout(tcp_proxy: Callable[..., T
         storage_url="file:///nonexistent",
         backend_timeout=timeout,
     )
-    media, credentials, database = mongo.from_settings(settings)
+    database = mongo.MongoDatabase.from_settings(settings)
+    media, credentials = mongo.MongoMediaRepository(database), mongo.MongoCredentialStore(database)
     item = make_item(ItemState.PENDING, datetime.now(UTC))
     query = SearchQuery(SearchScope("acct"), datetime.now(UTC), None, False, 0, 20)
     calls: dict[str, Callable[[], object]] = {

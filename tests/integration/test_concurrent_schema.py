@@ -24,10 +24,10 @@ WORKERS = 6
 def _set_up_schema(url: str, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     try:
         from media_service.settings import Settings
-        from media_service.storage.mongo import MongoMediaRepository
+        from media_service.storage.mongo import MongoDatabase, MongoMediaRepository
 
         settings = Settings.from_env({"MEDIA_DATABASE_URL": url})
-        MongoMediaRepository.from_settings(settings).ensure_schema()
+        MongoMediaRepository(MongoDatabase.from_settings(settings)).ensure_schema()
         results.put("ok")
     except Exception:
         results.put(traceback.format_exc(limit=3))
