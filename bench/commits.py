@@ -57,7 +57,6 @@ def count_rates(directory: Path, seconds: float = 1.5) -> dict[str, float]:
                 original_file_name="probe.bin",
                 mime_type="application/octet-stream",
                 store_id="file",
-                store_key=item_id,
                 store_meta_params={},
                 max_downloads_allowed=1_000_000_000,
                 times_downloaded=0,

@@ -89,8 +89,8 @@ def sweep(
     for item in backends.media.iter_hidden(older_than=stale_cutoff):
         try:
             if item.state is ItemState.PENDING and abort_uploads_of is not None:
-                abort_uploads_of(item.store_key)  # its parts, if it died mid-transfer
-            backends.blobs.delete(item.store_key)
+                abort_uploads_of(item.id)  # its parts, if it died mid-transfer
+            backends.blobs.delete(item.id)
             backends.media.remove(item.id)
         except StorageError as error:
             report.errors += 1
@@ -108,7 +108,7 @@ def sweep(
         candidates = [b for b in batch if b.last_modified <= cutoff]
         if not candidates:
             continue
-        referenced = backends.media.ids_with_keys([b.key for b in candidates])
+        referenced = backends.media.referenced_keys([b.key for b in candidates])
         for blob in candidates:
             if blob.key in referenced:
                 continue
@@ -120,7 +120,7 @@ def sweep(
                 log.warning("sweeper could not remove blob %s: %s", blob.key, error)
 
     for item in backends.media.iter_ready(older_than=cutoff):
-        if item.store_key in listed:
+        if item.id in listed:
             continue
         try:
             if _blob_is_lost(backends, item):
@@ -130,7 +130,7 @@ def sweep(
             log.warning("sweeper could not check the blob of %s: %s", item.id, error)
 
     # Partial uploads: whatever no document names any more (the dead PENDING ones went above).
-    named = backends.media.ids_with_keys
+    named = backends.media.referenced_keys
     try:
         remove_stale_temp = getattr(backends.blobs, "remove_stale_temp", None)
         if remove_stale_temp is not None:
@@ -157,7 +157,7 @@ def _remove_expired(backends: Backends, now: datetime, report: SweepReport) -> N
                 tombstone = backends.media.mark_deleting(item.id, expired_by=now)
                 if tombstone is None:
                     continue  # deleted (or changed) meanwhile
-                backends.blobs.delete(tombstone.store_key)
+                backends.blobs.delete(tombstone.id)
                 backends.media.remove(item.id)
             except StorageError as error:
                 # A tombstone left behind is finished below, as any interrupted delete.
@@ -177,17 +177,16 @@ def _blob_is_lost(backends: Backends, item: MediaItem) -> bool:
     loss: the blob is opened (zero bytes) and the item read again before anything is said.
     """
     try:
-        backends.blobs.open(item.store_key, 0, 0).close()
+        backends.blobs.open(item.id, 0, 0).close()
         return False  # written after the listing
     except BlobNotFound:
         pass
     current = backends.media.get(item.id)
-    if current is None or current.store_key != item.store_key:
+    if current is None:
         return False  # deleted meanwhile
     log.error(
-        "media item %s is ready but its content (blob %s) is missing from the %s store",
+        "media item %s is ready but its content is missing from the %s store",
         item.id,
-        item.store_key,
         backends.blobs.store_id,
     )
     return True

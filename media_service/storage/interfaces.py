@@ -71,7 +71,7 @@ class AudioFacts:
 
 @dataclass(frozen=True, slots=True)
 class MediaItem:
-    """One media item's metadata document (the bytes live in a blob store under `store_key`)."""
+    """One media item's metadata document (the bytes live in a blob store under its `id`)."""
 
     id: str
     account_id: str
@@ -79,7 +79,6 @@ class MediaItem:
     original_file_name: str
     mime_type: str
     store_id: str
-    store_key: str
     store_meta_params: dict[str, str]
     max_downloads_allowed: int
     times_downloaded: int
@@ -417,8 +416,8 @@ class MediaRepository(Protocol):
         through an index on expiry (the sweeper removes them as it goes)."""
         ...
 
-    def ids_with_keys(self, store_keys: list[str]) -> set[str]:
-        """Which of these store keys belong to any document, whatever its state."""
+    def referenced_keys(self, keys: list[str]) -> set[str]:
+        """Which of these blob keys belong to any document, whatever its state."""
         ...
 
     def usage(self, account_id: str | None = None) -> list[Usage]:

@@ -501,8 +501,8 @@ class MongoMediaRepository(records.StateTransitions, MongoQuotas):
             )
         return result.matched_count > 0
 
-    def ids_with_keys(self, store_keys: list[str]) -> set[str]:
-        keys = [records.require_id(key, "store_key") for key in store_keys]
+    def referenced_keys(self, keys: list[str]) -> set[str]:
+        keys = [records.require_id(key, "key") for key in keys]
         found: set[str] = set()
         for start in range(0, len(keys), _BATCH):
             with _translated():

@@ -483,9 +483,9 @@ class SqliteDatabase:
 
 # --------------------------------------------------------------------------- media items
 
-# Column names in SQL text come only from MediaItem's own field names, never from input.
+# Column names in SQL text come only from records.STORED_FIELDS, never from input.
 _INSERT = "INSERT INTO media_items ({}) VALUES ({})".format(
-    ", ".join(records.ITEM_FIELDS), ", ".join(f":{name}" for name in records.ITEM_FIELDS)
+    ", ".join(records.STORED_FIELDS), ", ".join(f":{name}" for name in records.STORED_FIELDS)
 )
 _COUNT = """
 UPDATE media_items SET times_downloaded = times_downloaded + 1
@@ -678,9 +678,9 @@ class SqliteMediaRepository(records.StateTransitions, SqliteQuotas):
         )
         return bool(count)
 
-    def ids_with_keys(self, store_keys: list[str]) -> set[str]:
+    def referenced_keys(self, keys: list[str]) -> set[str]:
         found: set[str] = set()
-        keys = [records.require_id(key, "store_key") for key in store_keys]
+        keys = [records.require_id(key, "key") for key in keys]
         for start in range(0, len(keys), _BATCH):
             chunk = keys[start : start + _BATCH]
             marks = ", ".join("?" * len(chunk))

@@ -155,7 +155,6 @@ def old_item(backends: Backends, content: bytes, index: int) -> MediaItem:
         original_file_name="old",
         mime_type="application/octet-stream",
         store_id=backends.blobs.store_id,
-        store_key=item_id,
         store_meta_params={},
         max_downloads_allowed=0,
         times_downloaded=0,
@@ -197,7 +196,7 @@ def test_backfill_fills_audio_marks_the_rest_and_never_redoes_them(
     text = old_item(backends, b"plain text", 2)
     flac = old_item(backends, (DATA / "tone.flac").read_bytes(), 3)
     lost = old_item(backends, b"gone", 4)
-    backends.blobs.delete(lost.store_key)
+    backends.blobs.delete(lost.id)
     assert info(client, wav.id, owner.basic)["audio"] is None  # not examined yet
 
     counts = audio.backfill(backends.blobs, backends.media, batch=2)

@@ -92,7 +92,6 @@ def make_item(**overrides: Any) -> MediaItem:
         "original_file_name": "notes.txt",
         "mime_type": "text/plain",
         "store_id": "file",
-        "store_key": item_id,
         "store_meta_params": {"filesize": "3", "sha256": "abc"},
         "max_downloads_allowed": 0,
         "times_downloaded": 0,
@@ -145,13 +144,7 @@ def test_hidden_states_are_invisible_without_include_hidden(
 def test_duplicate_id_raises_already_exists(repo: MediaRepository) -> None:
     item = add(repo)
     with pytest.raises(AlreadyExists):
-        repo.insert(replace(item, store_key="other-key"))
-
-
-def test_duplicate_store_key_raises_already_exists(repo: MediaRepository) -> None:
-    item = add(repo)
-    with pytest.raises(AlreadyExists):
-        repo.insert(make_item(store_key=item.store_key))
+        repo.insert(replace(item, title="another item, the same id"))
 
 
 def test_datetimes_round_trip_at_millisecond_precision_as_utc(repo: MediaRepository) -> None:
@@ -596,15 +589,15 @@ def test_heartbeat_refreshes_only_pending_items(repo: MediaRepository) -> None:
     assert repo.heartbeat(str(uuid.uuid4()), T0) is False  # rolled back by the sweeper
 
 
-def test_ids_with_keys_reports_referenced_keys_whatever_the_state(
+def test_referenced_keys_are_those_of_any_document_whatever_its_state(
     repo: MediaRepository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite, "_BATCH", 2)
     monkeypatch.setattr(mongo, "_BATCH", 2)
     items = [add(repo, state=state) for state in ItemState]
-    keys = [item.store_key for item in items]
-    assert repo.ids_with_keys(keys + ["orphan-1", "orphan-2"]) == set(keys)
-    assert repo.ids_with_keys([]) == set()
+    keys = [item.id for item in items]
+    assert repo.referenced_keys(keys + ["orphan-1", "orphan-2"]) == set(keys)
+    assert repo.referenced_keys([]) == set()
 
 
 def test_ping_answers(repo: MediaRepository) -> None:

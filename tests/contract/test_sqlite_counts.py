@@ -58,7 +58,6 @@ def make_item(
         original_file_name="f.txt",
         mime_type="text/plain",
         store_id="file",
-        store_key=item_id,
         store_meta_params={},
         max_downloads_allowed=0,
         times_downloaded=0,

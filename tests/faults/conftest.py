@@ -146,11 +146,11 @@ def assert_consistent(backends: Backends) -> SweepReport:
 
     keys = blob_keys(backends)
     for item in items:
-        assert item.store_key in keys, f"READY item {item.id} has no blob"
-        content = read_blob(backends, item.store_key)
+        assert item.id in keys, f"READY item {item.id} has no blob"
+        content = read_blob(backends, item.id)
         assert len(content) == item.media_size, f"READY item {item.id} has a truncated blob"
         assert hashlib.md5(content).hexdigest() == item.etag, f"READY item {item.id}: bad bytes"
-    unreferenced = keys - {item.store_key for item in items}
+    unreferenced = keys - {item.id for item in items}
     assert unreferenced == set(), f"unreferenced blobs survived the sweep: {unreferenced}"
     assert temp_files(backends) == [], "temp files survived the sweep"
     assert open_multipart_uploads(backends) == [], "open multipart uploads survived the sweep"
@@ -188,7 +188,6 @@ def make_item(
         original_file_name="left-over.bin",
         mime_type="application/octet-stream",
         store_id="test",
-        store_key=item_id,
         store_meta_params={},
         max_downloads_allowed=0,
         times_downloaded=0,

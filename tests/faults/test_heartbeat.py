@@ -187,12 +187,12 @@ def test_a_crashed_upload_is_rolled_back_after_the_stale_bound_not_the_grace(
     live = replace(make_item(ItemState.PENDING, now - 2 * GRACE), time_last_updated=now - STALE / 2)
     for item in (dead, live):
         backends.media.insert(item)
-        _leave_partial_upload(backends, item.store_key)
+        _leave_partial_upload(backends, item.id)
 
     report = sweep(backends, now=now, grace=GRACE, stale=STALE)
     assert report == SweepReport(pending_rolled_back=1)
     assert [item.id for item in all_items(backends)] == [live.id]
-    assert _partial_uploads(backends) == [live.store_key]
+    assert _partial_uploads(backends) == [live.id]
     assert blob_keys(backends) == set()
 
 
@@ -208,7 +208,7 @@ def test_a_crashed_uploads_multipart_upload_goes_without_a_bucket_wide_listing(
     now = utc_now()
     dead = make_item(ItemState.PENDING, now - 2 * STALE)
     backends.media.insert(dead)
-    _leave_partial_upload(backends, dead.store_key)
+    _leave_partial_upload(backends, dead.id)
     assert sweep(backends, now=now, grace=GRACE, stale=STALE) == SweepReport(pending_rolled_back=1)
     assert _partial_uploads(backends) == []
 

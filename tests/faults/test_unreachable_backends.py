@@ -253,7 +253,7 @@ def test_every_mongo_call_gives_up_within_its_timeout(tcp_proxy: Callable[..., T
         "remove": lambda: media.remove(item.id),
         "search": lambda: media.search(query),
         "iter_hidden": lambda: list(media.iter_hidden(datetime.now(UTC))),
-        "ids_with_keys": lambda: media.ids_with_keys([item.id]),
+        "referenced_keys": lambda: media.referenced_keys([item.id]),
         "ping": media.ping,
         "get_account": lambda: credentials.get_account("acct"),
         "get_application": lambda: credentials.get_application("app"),

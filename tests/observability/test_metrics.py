@@ -281,7 +281,7 @@ def test_file_streams_keep_their_file(app: Flask, owner: Credentials, upload: Up
     assert isinstance(blobs, InstrumentedPort)
     item = state(app).backends.media.get(item_id)
     assert item is not None
-    stream = blobs.open(item.store_key)
+    stream = blobs.open(item.id)
     try:
         if blobs.store_id == "file":
             assert stream.file.read() == b"abc"
