@@ -54,16 +54,31 @@ _EXPIRY_ORDER = [("expires_at", ASCENDING), ("_id", ASCENDING)]
 # Server error codes that mean "not now" rather than "wrong request": network trouble, elections,
 # shutdowns, time limits, and credentials the server refuses (an operator must act; callers get
 # a 503 meanwhile rather than a 500).
-_UNAVAILABLE_CODES = frozenset(
-    {6, 7, 13, 18, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
-)
+# Names as in the server's src/mongo/base/error_codes.yml.
+UNAVAILABLE_CODES: dict[int, str] = {
+    6: "HostUnreachable",
+    7: "HostNotFound",
+    13: "Unauthorized",
+    18: "AuthenticationFailed",
+    50: "MaxTimeMSExpired",
+    89: "NetworkTimeout",
+    91: "ShutdownInProgress",
+    189: "PrimarySteppedDown",
+    262: "ExceededTimeLimit",
+    9001: "SocketException",
+    10107: "NotWritablePrimary",
+    11600: "InterruptedAtShutdown",
+    11602: "InterruptedDueToReplStateChange",
+    13435: "NotPrimaryNoSecondaryOk",
+    13436: "NotPrimaryOrSecondary",
+}
 
 
 def _unavailable(exc: PyMongoError) -> bool:
     if exc.timeout or isinstance(exc, ConnectionFailure | ExecutionTimeout | WriteConcernError):
         return True
     return isinstance(exc, OperationFailure) and (
-        exc.code in _UNAVAILABLE_CODES or exc.has_error_label("RetryableWriteError")
+        exc.code in UNAVAILABLE_CODES or exc.has_error_label("RetryableWriteError")
     )
 
 
