@@ -70,26 +70,21 @@ def sweep(
     report = SweepReport()
     cutoff = now - grace
     stale_cutoff = now - (grace if stale is None else stale)
-    abort_uploads_of = getattr(backends.blobs, "abort_uploads_of", None)
-    heal_counts = getattr(backends.media, "heal_counts", None)
-    if heal_counts is not None:  # before removing items: their marks go with them
-        try:
-            report.counts_healed = heal_counts(now)
-        except StorageError as error:
-            report.errors += 1
-            log.warning("sweeper could not heal search counts: %s", error)
-    heal_quotas = getattr(backends.media, "heal_quotas", None)
-    if heal_quotas is not None:
-        try:
-            report.quotas_healed = heal_quotas(now, stale_cutoff)
-        except StorageError as error:
-            report.errors += 1
-            log.warning("sweeper could not heal quota reservations: %s", error)
+    try:  # before removing items: their marks go with them
+        report.counts_healed = backends.media.heal_counts(now)
+    except StorageError as error:
+        report.errors += 1
+        log.warning("sweeper could not heal search counts: %s", error)
+    try:
+        report.quotas_healed = backends.media.heal_quotas(now, stale_cutoff)
+    except StorageError as error:
+        report.errors += 1
+        log.warning("sweeper could not heal quota reservations: %s", error)
     _remove_expired(backends, now, report)  # first: a delete that fails midway is finished below
     for item in backends.media.iter_hidden(older_than=stale_cutoff):
         try:
-            if item.state is ItemState.PENDING and abort_uploads_of is not None:
-                abort_uploads_of(item.id)  # its parts, if it died mid-transfer
+            if item.state is ItemState.PENDING:
+                backends.blobs.abort_uploads_of(item.id)  # its parts, if it died mid-transfer
             backends.blobs.delete(item.id)
             backends.media.remove(item.id)
         except StorageError as error:
@@ -132,12 +127,8 @@ def sweep(
     # Partial uploads: whatever no document names any more (the dead PENDING ones went above).
     named = backends.media.referenced_keys
     try:
-        remove_stale_temp = getattr(backends.blobs, "remove_stale_temp", None)
-        if remove_stale_temp is not None:
-            remove_stale_temp(referenced=named)
-        abort_stale_uploads = getattr(backends.blobs, "abort_stale_uploads", None)
-        if abort_stale_uploads is not None:
-            abort_stale_uploads(stale_cutoff, named)
+        backends.blobs.remove_stale_temp(referenced=named)
+        backends.blobs.abort_stale_uploads(stale_cutoff, named)
     except StorageError as error:
         report.errors += 1
         log.warning("sweeper could not remove partial uploads: %s", error)

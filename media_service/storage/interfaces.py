@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -301,6 +301,31 @@ class BlobStore(Protocol):
         """Every blob under this store's prefix (the sweeper looks for unreferenced ones)."""
         ...
 
+    # What interrupted uploads leave behind: the file store's temp files, S3's open multipart
+    # uploads. Each store has one kind; the other's method is a no-op there, so that the
+    # sweeper calls both on any store. `referenced` answers which of these keys a document
+    # names (MediaRepository.referenced_keys): what no document names is dead.
+
+    def abort_uploads_of(self, key: str) -> int:
+        """Drop what a dead upload of `key` left in flight (S3: its open multipart uploads);
+        return how many."""
+        ...
+
+    def remove_stale_temp(
+        self,
+        older_than_seconds: float = 3600,
+        referenced: Callable[[list[str]], set[str]] | None = None,
+    ) -> int:
+        """Delete the temp files of dead uploads (file store); return how many."""
+        ...
+
+    def abort_stale_uploads(
+        self, older_than: datetime, referenced: Callable[[list[str]], set[str]]
+    ) -> int:
+        """Abort the open multipart uploads of dead uploads started before `older_than` (S3);
+        return how many."""
+        ...
+
     def ping(self) -> None:
         """Raise BackendUnavailable unless the store is reachable (for /readyz)."""
         ...
@@ -414,6 +439,13 @@ class MediaRepository(Protocol):
     def iter_expired(self, now: datetime) -> Iterator[MediaItem]:
         """READY items whose expires_at is at or before `now`, in pages by (expires_at, id)
         through an index on expiry (the sweeper removes them as it goes)."""
+        ...
+
+    def heal_counts(self, now: datetime) -> int:
+        """Settle the search-count changes of writers that died midway; return how many.
+
+        A no-op on a repository whose counts change atomically with the items (SQLite's
+        triggers)."""
         ...
 
     def referenced_keys(self, keys: list[str]) -> set[str]:
