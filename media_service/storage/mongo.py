@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,7 +23,7 @@ from pymongo.errors import (
 )
 
 from media_service.settings import Settings
-from media_service.storage import mongo_counts, records
+from media_service.storage import forksafe, mongo_counts, records
 from media_service.storage.interfaces import (
     Account,
     AlreadyExists,
@@ -98,19 +96,6 @@ def _translated() -> Iterator[None]:
         raise
 
 
-_open_databases: weakref.WeakSet[MongoDatabase] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for db in list(_open_databases):
-        db._forget_client_after_fork()
-
-
-# pymongo clients are not fork-safe: a gunicorn worker forked after the master ran
-# ensure_schema must build its own client rather than reuse the master's sockets and threads.
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 class MongoDatabase:
     """One database on one MongoClient, created on first use (and anew in a forked child)."""
 
@@ -120,7 +105,7 @@ class MongoDatabase:
         self._lock = threading.Lock()
         self._client: MongoClient[Document] | None = None
         self._inherited: list[MongoClient[Document]] = []  # the parent's: never used here
-        _open_databases.add(self)
+        forksafe.forget_in_forked_children(self)
 
     @classmethod
     def wrap(cls, database: Database[Document]) -> MongoDatabase:
@@ -158,7 +143,7 @@ class MongoDatabase:
                 client = self._client
         return client[self.name]
 
-    def _forget_client_after_fork(self) -> None:
+    def forget_connections_after_fork(self) -> None:
         # Runs in the child while it has a single thread; a parent thread may have held the
         # lock at fork time, so it is replaced rather than taken.
         self._lock = threading.Lock()

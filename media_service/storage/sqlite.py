@@ -10,7 +10,6 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from media_service.settings import Settings, sqlite_path
-from media_service.storage import records
+from media_service.storage import forksafe, records
 from media_service.storage.disk import SpareFile
 from media_service.storage.interfaces import (
     Account,
@@ -241,19 +240,6 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
 
 
-_open_databases: weakref.WeakSet[SqliteDatabase] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for db in list(_open_databases):
-        db._forget_connections_after_fork()
-
-
-# gunicorn forks workers from a master that may have run ensure_schema: each worker then opens
-# its own connections.
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 class SqliteDatabase:
     """One SQLite file, with a connection per thread and per process, opened on first use."""
 
@@ -273,7 +259,7 @@ class SqliteDatabase:
         # finalising them there could checkpoint or unlink the parent's WAL, so they are only
         # kept referenced here, never used or closed.
         self._inherited: list[sqlite3.Connection] = []
-        _open_databases.add(self)
+        forksafe.forget_in_forked_children(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqliteDatabase:
@@ -293,7 +279,7 @@ class SqliteDatabase:
                 self._connections.append(conn)
         return conn
 
-    def _forget_connections_after_fork(self) -> None:
+    def forget_connections_after_fork(self) -> None:
         # Runs in the child while it has a single thread; a parent thread may have held the
         # lock at fork time, so it is replaced rather than taken.
         self._lock = threading.Lock()
