@@ -122,8 +122,7 @@ def _sqlite_files(settings: Settings) -> Iterator[Backends]:
     try:
         yield backends
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 def _mongomock_moto() -> Iterator[Backends]:

@@ -761,3 +761,117 @@ def test_post_fork_fixes_mallocs_mmap_threshold(monkeypatch: pytest.MonkeyPatch)
     conf = load_gunicorn_conf(monkeypatch, GUNICORN_MALLOC_MMAP_THRESHOLD="0")
     conf["post_fork"](None, None)
     assert calls == []
+
+
+# --- worker_exit: a worker closes its app's clients -------------------------------------------
+
+CLOSING_APP = """
+import os
+
+from media_service import create_app
+from media_service.storage.interfaces import Backends
+
+_close = Backends.close
+
+
+def close(self):
+    _close(self)
+    with open(os.environ["CLOSED_LOG"], "a") as log:
+        log.write(f"{os.getpid()}\\n")
+
+
+Backends.close = close
+app = create_app()
+"""
+
+
+def test_worker_exit_closes_the_apps_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once closed, the last connection to the SQLite file is gone: SQLite checkpoints the WAL
+    and removes it."""
+    import types
+
+    from media_service.factory import create_app
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings(tmp_path))
+    with app.test_client() as client:
+        assert client.get("/v3/media", headers={"Authorization": "Basic eDp5"}).status_code == 401
+    wal = tmp_path / "media.db-wal"
+    assert wal.exists()
+    conf = load_gunicorn_conf(monkeypatch)
+    conf["worker_exit"](None, types.SimpleNamespace(loaded_app=app))
+    assert not wal.exists()
+    conf["worker_exit"](None, types.SimpleNamespace())  # a worker that never loaded the app
+    conf["worker_exit"](None, types.SimpleNamespace(loaded_app=object()))  # not ours: left alone
+
+
+def test_closing_the_backends_tries_every_client() -> None:
+    from media_service.storage.interfaces import Backends
+
+    closed: list[str] = []
+
+    class Client:
+        def __init__(self, name: str, fails: bool = False) -> None:
+            self.name, self.fails = name, fails
+
+        def close(self) -> None:
+            closed.append(self.name)
+            if self.fails:
+                raise OSError(f"{self.name} would not close")
+
+    backends = Backends(
+        blobs=None,  # type: ignore[arg-type]
+        media=None,  # type: ignore[arg-type]
+        credentials=None,  # type: ignore[arg-type]
+        closers=[Client("first", fails=True), Client("second")],
+    )
+    with pytest.raises(OSError, match="first would not close"):
+        backends.close()
+    assert closed == ["second", "first"]  # last opened first, and each one tried
+
+
+@pytest.mark.integration
+def test_gunicorn_workers_close_their_backends_on_exit(tmp_path: Path) -> None:
+    (tmp_path / "closing_app.py").write_text(CLOSING_APP)
+    closed_log = tmp_path / "closed.log"
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF)]
+        + ["--chdir", str(tmp_path), "closing_app:app"],
+        env=clean_env(
+            TMPDIR=str(tmp_path),
+            GUNICORN_BIND=f"127.0.0.1:{port}",
+            WEB_CONCURRENCY="2",
+            GUNICORN_THREADS="2",
+            MEDIA_DATA_DIR=str(tmp_path / "var"),
+            CLOSED_LOG=str(closed_log),
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+                    assert response.status == 200
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "gunicorn did not answer within 30 s"
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "Exception during worker exit" not in stderr
+    workers = {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", stderr)}
+    assert len(workers) == 2
+    assert {int(line) for line in closed_log.read_text().split()} == workers

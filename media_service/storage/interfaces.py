@@ -6,6 +6,7 @@ failures into the exceptions defined here (`BackendUnavailable`, `BlobNotFound`,
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
 from collections.abc import Callable, Iterator
@@ -554,6 +555,12 @@ class CredentialStore(Protocol):
         ...
 
 
+class Closable(Protocol):
+    """A client the backends opened (a database, its connections): closed on shutdown."""
+
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Backends:
     """The ports wired for one app (or one CLI run)."""
@@ -561,4 +568,11 @@ class Backends:
     blobs: BlobStore
     media: MediaRepository
     credentials: CredentialStore
-    closers: list[object] = field(default_factory=list)  # clients to close on shutdown
+    closers: list[Closable] = field(default_factory=list)  # what close() closes
+
+    def close(self) -> None:
+        """Close every client, last opened first; one that fails does not keep the others open
+        (the first error is raised once all have been tried). A later call on a port reopens."""
+        with contextlib.ExitStack() as stack:
+            for closer in self.closers:
+                stack.callback(closer.close)

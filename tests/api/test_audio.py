@@ -227,8 +227,7 @@ def test_sqlite_database_from_before_audio_gains_the_columns(cli_env: Settings) 
         item = old_item(backends, make_wav(), 1)
         path = backends.media.db.path  # type: ignore[attr-defined]
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
     with sqlite3.connect(path) as conn:  # back to the schema before audio facts
         conn.execute("ALTER TABLE media_items DROP COLUMN audio")
         conn.execute("ALTER TABLE media_items DROP COLUMN audio_examined")
@@ -240,8 +239,7 @@ def test_sqlite_database_from_before_audio_gains_the_columns(cli_env: Settings) 
         assert got == dataclasses.replace(item, audio=None, audio_examined=False)
         assert [i.id for i in backends.media.unexamined_audio("", 10)] == [item.id]
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 def test_cli_backfill_audio_prints_counts(
@@ -252,8 +250,7 @@ def test_cli_backfill_audio_prints_counts(
         wav = old_item(backends, make_wav(), 1)
         old_item(backends, b"text", 2)
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
     assert main(["backfill-audio", "--batch", "1"]) == 0
     assert json.loads(capsys.readouterr().out) == {
@@ -270,8 +267,7 @@ def test_cli_backfill_audio_prints_counts(
         got = backends.media.get(wav.id)
         assert got is not None and got.audio is not None and got.audio.codec == "pcm"
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
     assert main(["backfill-audio", "--batch", "0"]) == 2
 
 

@@ -121,8 +121,7 @@ def test_cli_sweep_reports_how_many_expired_items_it_removed(
         assert main(["sweep"]) == 0
         assert json.loads(capsys.readouterr().out)["expired_removed"] == 0
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 # --------------------------------------------------------------------------- beside traffic

@@ -255,5 +255,4 @@ def test_the_command_takes_the_stale_bound_from_settings_or_its_option(
         assert json.loads(capsys.readouterr().out)["pending_rolled_back"] == 1
         assert all_items(backends) == []
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()

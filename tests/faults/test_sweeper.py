@@ -313,8 +313,7 @@ def test_zero_grace_removes_a_crashed_uploads_temp_file(tmp_path: Path) -> None:
         sweep(backends, now=utc_now(), grace=timedelta(0))
         assert temp_files(backends) == []
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 def test_temp_files_past_the_floor_are_removed(tmp_path: Path) -> None:
@@ -330,8 +329,7 @@ def test_temp_files_past_the_floor_are_removed(tmp_path: Path) -> None:
         sweep(backends, now=utc_now(), grace=GRACE)
         assert temp_files(backends) == []
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 # --------------------------------------------------------------------------- the command
@@ -380,8 +378,7 @@ def test_cli_sweep_prints_a_json_report(
         assert main(["sweep", "--grace-seconds", "0"]) == 0
         assert json.loads(capsys.readouterr().out) == SweepReport().as_dict()
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 def test_cli_sweep_exits_1_when_ready_items_lack_their_blob(
@@ -398,8 +395,7 @@ def test_cli_sweep_exits_1_when_ready_items_lack_their_blob(
         assert report["errors"] == 0
         assert exists(backends, lost)
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 def test_cli_sweep_keeps_young_uploads_by_default(
@@ -414,5 +410,4 @@ def test_cli_sweep_keeps_young_uploads_by_default(
         assert json.loads(capsys.readouterr().out)["pending_rolled_back"] == 0
         assert exists(backends, in_flight)
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()

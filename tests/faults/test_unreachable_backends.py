@@ -291,8 +291,7 @@ def embedded(tmp_path: Path) -> Iterator[EmbeddedStore]:
     secret = generate_secret()
     backends.credentials.add_account(Account(API_KEY, *hash_secret(secret)))
     yield EmbeddedStore(env, backends, basic(API_KEY, secret))
-    for closer in backends.closers:
-        closer.close()  # type: ignore[attr-defined]
+    backends.close()
 
 
 def upload(server: GunicornServer, auth: dict[str, str], content: bytes) -> str:
@@ -426,8 +425,7 @@ def test_stalled_s3_is_503_within_the_retry_bound_and_nothing_leaks(
         status, _, body = server.request("GET", f"/v3/media/{to_download}", headers=auth)
         assert status == 200 and body == b"bytes to download"
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 def _cli_sweep(env: dict[str, str]) -> dict[str, int]:

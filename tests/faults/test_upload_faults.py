@@ -459,8 +459,7 @@ def s3_app(tmp_path: Path, rsa_keypair: tuple[str, str]) -> Iterator[S3App]:
         try:
             yield S3App(backends, app.test_client(), S3Hooks(backends.blobs.client), owner)  # type: ignore[attr-defined]
         finally:
-            for closer in backends.closers:
-                closer.close()  # type: ignore[attr-defined]
+            backends.close()
 
 
 def timed_upload(s3: S3App, content: bytes = CONTENT) -> tuple[Any, float]:
