@@ -38,7 +38,6 @@ from tests.faults.conftest import (
     make_item,
     open_multipart_uploads,
     temp_files,
-    unwrap,
 )
 
 MIB = 1024 * 1024
@@ -201,7 +200,7 @@ def test_a_crashed_uploads_multipart_upload_goes_without_a_bucket_wide_listing(
 ) -> None:
     """MinIO lists multipart uploads only for an exact object key: rolling back a dead PENDING
     item aborts its key's uploads directly, whatever the bucket-wide listing shows."""
-    blobs = unwrap(backends.blobs)
+    blobs: Any = backends.blobs
     if not hasattr(blobs, "client"):
         pytest.skip("S3 only")
     monkeypatch.setattr(type(blobs), "abort_stale_uploads", lambda *args: 0)
@@ -214,7 +213,7 @@ def test_a_crashed_uploads_multipart_upload_goes_without_a_bucket_wide_listing(
 
 
 def _leave_partial_upload(backends: Backends, key: str) -> None:
-    blobs = unwrap(backends.blobs)
+    blobs: Any = backends.blobs
     if hasattr(blobs, "client"):  # S3: a multipart upload that was never completed
         blobs.client.create_multipart_upload(Bucket=blobs.bucket, Key=blobs.prefix + key)
     else:
@@ -224,7 +223,7 @@ def _leave_partial_upload(backends: Backends, key: str) -> None:
 
 
 def _partial_uploads(backends: Backends) -> list[str]:
-    blobs = unwrap(backends.blobs)
+    blobs: Any = backends.blobs
     if hasattr(blobs, "client"):
         return [key.removeprefix(blobs.prefix) for key in open_multipart_uploads(backends)]
     return [path.name.split(".")[0] for path in temp_files(backends)]
