@@ -46,7 +46,7 @@ def count_rates(directory: Path, seconds: float = 1.5) -> dict[str, float]:
     database = SqliteDatabase(directory / "count-probe.db")
     repository = SqliteMediaRepository(database)
     try:
-        repository.ensure_schema()
+        repository.prepare_database()
         now = datetime.now(UTC).replace(microsecond=0)
         item_id = str(uuid.uuid4())
         repository.insert(

@@ -130,7 +130,7 @@ def run(ctx: RunContext, url: str) -> list[Figure]:
     database = MongoDatabase.from_settings(settings)
     repository = MongoMediaRepository(database)
     try:
-        repository.ensure_schema()
+        repository.prepare_database()
         loader = MongoLoader(repository, datetime.now(UTC))
         latency: dict[str, dict[str, list[float]]] = {"first page": {}, "page 500": {}}
         paths = {

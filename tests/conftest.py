@@ -100,7 +100,7 @@ def _botocore_loader() -> Any:
 
 @contextlib.contextmanager
 def open_pair(pair: str, settings: Settings) -> Iterator[Backends]:
-    """The backends of `pair` (one of BACKEND_PAIRS), schema in place; closed afterwards.
+    """The backends of `pair` (one of BACKEND_PAIRS), tables in place; closed afterwards.
 
     The mongomock-moto pair needs the fake AWS environment (`sandbox_aws`) around it.
     """
@@ -149,8 +149,8 @@ def _mongomock_moto() -> Iterator[Backends]:
             media=MongoMediaRepository(database),
             credentials=MongoCredentialStore(database),
         )
-        backends.media.ensure_schema()
-        backends.credentials.ensure_schema()
+        backends.media.prepare_database()
+        backends.credentials.prepare_database()
         yield backends
 
 

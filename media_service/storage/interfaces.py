@@ -365,7 +365,7 @@ class LocalBlobStore(Protocol):
 class MediaRepository(Protocol):
     """Metadata documents. Every method is one atomic operation on the database."""
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         """Create tables/collections and indexes if missing (idempotent; run at start-up)."""
         ...
 
@@ -504,7 +504,7 @@ class MediaRepository(Protocol):
 class CredentialStore(Protocol):
     """Accounts (API key + hashed secret) and applications (public keys)."""
 
-    def ensure_schema(self) -> None: ...
+    def prepare_database(self) -> None: ...
 
     def add_account(self, account: Account) -> None:
         """Raises AlreadyExists for a known api_key."""

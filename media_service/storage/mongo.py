@@ -217,7 +217,7 @@ class MongoMediaRepository(records.StateTransitions, MongoQuotas):
     def _items(self) -> Collection[Document]:
         return self.db.collection(self.collection_name)
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         # Same indexes as SQLite: a search walks one scope's READY items in (time, id) order.
         with _translated():
             items = self._items
@@ -565,7 +565,7 @@ class MongoCredentialStore:
     def _applications(self) -> Collection[Document]:
         return self.db.collection("applications")
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         # Uniqueness of keys and application ids is the mandatory unique index on `_id`.
         with _translated():
             ensure_index(self._applications, [("api_key", ASCENDING)], name="api_key")

@@ -59,7 +59,7 @@ class Claim(enum.Enum):
 class UploadRepository(Protocol):
     """Records of resumable uploads. Every method is one atomic operation on the database."""
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         """Create the table/collection and indexes if missing (idempotent)."""
         ...
 

@@ -35,7 +35,7 @@ from media_service.storage.interfaces import (
     StorageFull,
     Usage,
 )
-from media_service.storage.sqlite_quota import SqliteQuotas, ensure_quota_schema
+from media_service.storage.sqlite_quota import SqliteQuotas, ensure_quota_tables
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,7 +49,7 @@ _MINUTE_MS = 60_000
 # Times are INTEGER epoch milliseconds (UTC): they compare and index as plain numbers.
 # The two scope indexes end in (state, time_created, id), so a search is a range scan of one
 # scope's READY items, already in the requested order: its cost does not grow with the table.
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS media_items (
     id                    TEXT PRIMARY KEY,
     account_id            TEXT NOT NULL,
@@ -308,7 +308,7 @@ class SqliteDatabase:
             # the commits since the last WAL fsync. That is accepted for counted downloads, the
             # hot path (one fsync each would cap them at the disk's fsync rate), and only for
             # them: every other write (insert, mark_ready, update, mark_deleting, remove,
-            # credentials, schema) runs under `durable=True`, which switches this connection to
+            # credentials, tables) runs under `durable=True`, which switches this connection to
             # FULL around its commit so that it fsyncs the WAL first (and with it any earlier
             # NORMAL commits): a 201 or a 204 still means on disk.
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -428,7 +428,7 @@ class SqliteDatabase:
                         conn.execute("ROLLBACK")
                     raise
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         """Create the tables, indexes and triggers if missing; fill media_counts if new."""
         # One write transaction: workers starting together queue on its lock, and only the
         # first one finds the counts missing, so they are built exactly once. Any missing piece
@@ -438,11 +438,11 @@ class SqliteDatabase:
             present = conn.execute(
                 f"SELECT count(*) FROM sqlite_schema WHERE name IN ({marks})", _COUNT_OBJECTS
             ).fetchone()[0]
-            for statement in SCHEMA.split(";"):
+            for statement in TABLES.split(";"):
                 if statement.strip():
                     conn.execute(statement)
             _add_missing_columns(conn)
-            ensure_quota_schema(conn)
+            ensure_quota_tables(conn)
             for statement in EXPIRY_INDEXES.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -510,8 +510,8 @@ class SqliteMediaRepository(records.StateTransitions, SqliteQuotas):
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
-    def ensure_schema(self) -> None:
-        self.db.ensure_schema()
+    def prepare_database(self) -> None:
+        self.db.prepare_database()
 
     def insert(self, item: MediaItem) -> None:
         self.db.run(_INSERT, _sql_values(records.item_record(item)), durable=True)
@@ -850,8 +850,8 @@ class SqliteCredentialStore:
         self._accounts: dict[str, tuple[bytes, float, Account]] = {}
         self._accounts_lock = threading.Lock()
 
-    def ensure_schema(self) -> None:
-        self.db.ensure_schema()
+    def prepare_database(self) -> None:
+        self.db.prepare_database()
 
     def add_account(self, account: Account) -> None:
         with self._account_write():

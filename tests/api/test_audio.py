@@ -233,7 +233,7 @@ def test_sqlite_database_from_before_audio_gains_the_columns(cli_env: Settings) 
         conn.execute("ALTER TABLE media_items DROP COLUMN audio_examined")
     conn.close()
 
-    backends = open_backends(cli_env)  # ensure_schema adds the columns back
+    backends = open_backends(cli_env)  # prepare_database adds the columns back
     try:
         got = backends.media.get(item.id)
         assert got == dataclasses.replace(item, audio=None, audio_examined=False)

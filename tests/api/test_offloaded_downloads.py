@@ -136,8 +136,8 @@ def _moto_backends() -> Iterator[Backends]:
             media=MongoMediaRepository(database),
             credentials=MongoCredentialStore(database),
         )
-        backends.media.ensure_schema()
-        backends.credentials.ensure_schema()
+        backends.media.prepare_database()
+        backends.credentials.prepare_database()
         yield backends
 
 

@@ -63,20 +63,20 @@ def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MediaReposi
         # 10 s: the concurrency contracts have 8 threads queue for SQLite's one writer.
         db = SqliteDatabase(tmp_path / "media.db", timeout=10.0)
         repository: MediaRepository = SqliteMediaRepository(db)
-        repository.ensure_schema()
+        repository.prepare_database()
         yield repository
         db.close()
     elif request.param == "mongomock":
         client: Any = mongomock.MongoClient(tz_aware=True)
         repository = MongoMediaRepository(MongoDatabase.wrap(client["media_test"]))
-        repository.ensure_schema()
+        repository.prepare_database()
         yield repository
     else:
         assert MONGO_URL
         name = f"media_test_{uuid.uuid4().hex[:12]}"
         mdb = MongoDatabase.from_settings(mongo_settings(MONGO_URL, name))
         repository = MongoMediaRepository(mdb)
-        repository.ensure_schema()
+        repository.prepare_database()
         yield repository
         mdb.database.client.drop_database(name)
         mdb.close()
@@ -604,9 +604,9 @@ def test_ping_answers(repo: MediaRepository) -> None:
     repo.ping()
 
 
-def test_ensure_schema_is_idempotent(repo: MediaRepository) -> None:
+def test_prepare_database_is_idempotent(repo: MediaRepository) -> None:
     item = add(repo)
-    repo.ensure_schema()
+    repo.prepare_database()
     assert repo.get(item.id) == item
 
 
@@ -629,7 +629,7 @@ def test_sqlite_connection_is_durable_wal(tmp_path: Path) -> None:
 @pytest.mark.parametrize("application", [None, "app-1"])
 def test_sqlite_search_walks_an_index_in_order(tmp_path: Path, application: str | None) -> None:
     repo = sqlite_repo(tmp_path / "media.db")
-    repo.ensure_schema()
+    repo.prepare_database()
     query = SearchQuery(SearchScope("acc-a", application), T0, T0 + MINUTE, False, 0, 20)
     where, params = sqlite.search_filter(query)
     plan = " | ".join(
@@ -658,7 +658,7 @@ def test_sqlite_unopenable_path_is_backend_unavailable(tmp_path: Path) -> None:
 def test_sqlite_locked_database_is_backend_unavailable_after_the_timeout(tmp_path: Path) -> None:
     path = tmp_path / "media.db"
     repo = sqlite_repo(path, timeout=0.2)
-    repo.ensure_schema()
+    repo.prepare_database()
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
@@ -699,7 +699,7 @@ def run_forked(target: Any) -> int:
 @pytest.mark.filterwarnings(FORK_WARNING)
 def test_sqlite_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     repo = sqlite_repo(tmp_path / "media.db")
-    repo.ensure_schema()
+    repo.prepare_database()
     parent_connection = repo.db.connection()
     child_item = make_item()
 
@@ -741,7 +741,7 @@ def _race_in_process(path: str, item_id: str, attempts: int, go: Any, results: A
 def test_sqlite_count_is_exact_across_threads_and_processes(tmp_path: Path) -> None:
     path = tmp_path / "media.db"
     repo = sqlite_repo(path)
-    repo.ensure_schema()
+    repo.prepare_database()
     item = add(repo, max_downloads_allowed=25)
     ctx = multiprocessing.get_context("spawn")
     go, results = ctx.Event(), ctx.Queue()

@@ -28,7 +28,7 @@ import pytest
 
 from media_service.auth import generate_secret, hash_secret, make_token
 from media_service.backends import open_backends
-from media_service.schema_guard import RETRY_SECONDS as SCHEMA_RETRY_SECONDS
+from media_service.database_setup import RETRY_SECONDS as SETUP_RETRY_SECONDS
 from media_service.settings import Settings, sqlite_path
 from media_service.storage import mongo
 from media_service.storage.interfaces import (
@@ -224,7 +224,7 @@ def test_every_endpoint_answers_503_when_the_database_is_unreachable(
         assert_alive("healthz", answers.pop("healthz"))
         for name, answer in answers.items():
             assert_unavailable(name, answer, DATABASE_BOUND)
-        time.sleep(SCHEMA_RETRY_SECONDS)  # the next round retries the schema set-up too
+        time.sleep(SETUP_RETRY_SECONDS)  # the next round retries the database set-up too
     assert server.process.poll() is None, server.log()
 
 
@@ -243,7 +243,7 @@ def test_every_mongo_call_gives_up_within_its_timeout(tcp_proxy: Callable[..., T
     item = make_item(ItemState.PENDING, datetime.now(UTC))
     query = SearchQuery(SearchScope("acct"), datetime.now(UTC), None, False, 0, 20)
     calls: dict[str, Callable[[], object]] = {
-        "ensure_schema": media.ensure_schema,
+        "prepare_database": media.prepare_database,
         "insert": lambda: media.insert(item),
         "get": lambda: media.get(item.id),
         "mark_ready": lambda: media.mark_ready(item.id, {"etag": "0" * 32}),

@@ -1,6 +1,6 @@
 """Workers starting together set up one fresh MongoDB database at the same moment.
 
-gunicorn forks its workers at once and each runs ensure_schema; FerretDB 1.x fails the second of
+gunicorn forks its workers at once and each runs prepare_database; FerretDB 1.x fails the second of
 two concurrent index creations (and reports a clash while the search-count build drops and
 re-creates its collection), which once kept a worker from booting. Processes, not threads: each
 has its own client, as workers do.
@@ -21,13 +21,13 @@ ROUNDS = 5
 WORKERS = 6
 
 
-def _set_up_schema(url: str, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _set_up_database(url: str, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     try:
         from media_service.settings import Settings
         from media_service.storage.mongo import MongoDatabase, MongoMediaRepository
 
         settings = Settings.from_env({"MEDIA_DATABASE_URL": url})
-        MongoMediaRepository(MongoDatabase.from_settings(settings)).ensure_schema()
+        MongoMediaRepository(MongoDatabase.from_settings(settings)).prepare_database()
         results.put("ok")
     except Exception:
         results.put(traceback.format_exc(limit=3))
@@ -39,7 +39,7 @@ def test_workers_set_up_one_fresh_database_at_once(round_number: int) -> None:
     with fresh_mongo_database() as url:
         results = context.Queue()
         workers = [
-            context.Process(target=_set_up_schema, args=(url, results)) for _ in range(WORKERS)
+            context.Process(target=_set_up_database, args=(url, results)) for _ in range(WORKERS)
         ]
         for worker in workers:
             worker.start()
