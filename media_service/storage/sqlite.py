@@ -235,6 +235,15 @@ def _translated() -> Iterator[None]:
         raise BackendUnavailable("database", str(exc)) from exc
 
 
+def _is_locked(exc: BaseException | None) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (any extended code): another connection holds the lock."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return isinstance(exc, sqlite3.OperationalError) and code in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
+
+
 def _is_full(exc: sqlite3.Error) -> bool:
     """SQLITE_FULL: a write needed pages (in the WAL or the file) that the disk does not have."""
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
@@ -428,31 +437,57 @@ class SqliteDatabase:
                         conn.execute("ROLLBACK")
                     raise
 
+    def set_up(self, create: Callable[[sqlite3.Connection], None]) -> None:
+        """Run `create` in one durable write transaction, again while another process's lock
+        refuses it at once; give up (BackendUnavailable) after the backend timeout.
+
+        busy_timeout makes most writers queue for the lock, but SQLite answers "database is
+        locked" without waiting where waiting could deadlock: a fresh file's switch to WAL, a
+        lock taken while another connection recovers the WAL. Workers booting together on a
+        fresh file lost their set-up that way and answered 503 until DatabaseSetup retried,
+        seconds later. A failed attempt has been rolled back, so running it again is safe.
+        """
+        deadline = time.monotonic() + self.timeout
+        pause = 0.005
+        while True:
+            try:
+                with self.transaction(write=True, durable=True) as conn:
+                    create(conn)
+                return
+            except BackendUnavailable as error:
+                if not _is_locked(error.__cause__) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
     def prepare_database(self) -> None:
         """Create the tables, indexes and triggers if missing; fill media_counts if new."""
+        self.set_up(self._create_tables)
+        if self.spare is not None and not self.spare.ensure():
+            log.warning("no room for the spare file beside %s", self.path.name)
+
+    @staticmethod
+    def _create_tables(conn: sqlite3.Connection) -> None:
         # One write transaction: workers starting together queue on its lock, and only the
         # first one finds the counts missing, so they are built exactly once. Any missing piece
         # (a database from before media_counts, or a dropped trigger) rebuilds them from scratch.
-        with self.transaction(write=True, durable=True) as conn:
-            marks = ", ".join("?" * len(_COUNT_OBJECTS))
-            present = conn.execute(
-                f"SELECT count(*) FROM sqlite_schema WHERE name IN ({marks})", _COUNT_OBJECTS
-            ).fetchone()[0]
-            for statement in TABLES.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            _add_missing_columns(conn)
-            ensure_quota_tables(conn)
-            for statement in EXPIRY_INDEXES.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            for trigger in COUNT_TRIGGERS.values():
-                conn.execute(trigger)
-            if present < len(_COUNT_OBJECTS):
-                conn.execute("DELETE FROM media_counts")
-                conn.execute(_BACKFILL)
-        if self.spare is not None and not self.spare.ensure():
-            log.warning("no room for the spare file beside %s", self.path.name)
+        marks = ", ".join("?" * len(_COUNT_OBJECTS))
+        present = conn.execute(
+            f"SELECT count(*) FROM sqlite_schema WHERE name IN ({marks})", _COUNT_OBJECTS
+        ).fetchone()[0]
+        for statement in TABLES.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        _add_missing_columns(conn)
+        ensure_quota_tables(conn)
+        for statement in EXPIRY_INDEXES.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        for trigger in COUNT_TRIGGERS.values():
+            conn.execute(trigger)
+        if present < len(_COUNT_OBJECTS):
+            conn.execute("DELETE FROM media_counts")
+            conn.execute(_BACKFILL)
 
     def ping(self) -> None:
         """Raise BackendUnavailable unless the file can be opened and read."""

@@ -37,6 +37,12 @@ WHERE id = :id AND media_id IS NULL
 """
 
 
+def _create_table(conn: sqlite3.Connection) -> None:
+    for statement in TABLES.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 class SqliteUploadRepository:
     """Resumable upload records in the `resumable_uploads` table."""
 
@@ -50,10 +56,7 @@ class SqliteUploadRepository:
         with self._setup_lock:
             if self._prepared:
                 return
-            with self.db.transaction(write=True, durable=True) as conn:
-                for statement in TABLES.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+            self.db.set_up(_create_table)
             self._prepared = True
 
     def create(self, upload: ResumableUpload) -> None:
