@@ -1,4 +1,4 @@
-"""Time every call of the three ports and count the ones that raise, without changing them.
+"""Time every call of the three ports and count the ones that raise; the adapters stay themselves.
 
 `instrument(backends)` times each adapter in place: every public method of its class gets a
 timed twin in the instance's own attributes, which calls whatever the class holds at the time
