@@ -342,7 +342,7 @@ def run(ctx: RunContext) -> list[Figure]:
                 session = Session(server.port, auth)
                 figure.profile = ctx.profiler.capture(
                     "search-" + figure.samples["label"].replace(" ", "-"),
-                    server.master_pid,
+                    server.pid,
                     lambda p=request_path, s=session: [s.request("GET", p) for _ in range(20)],
                 )
                 session.close()

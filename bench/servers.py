@@ -1,7 +1,8 @@
 """The servers a benchmark runs against, as child processes on free loopback ports.
 
 * `Gunicorn`: the service exactly as `make run` starts it (`gunicorn --config
-  config/gunicorn.conf.py app:app`), or another WSGI app under the very same settings.
+  config/gunicorn.conf.py app:app`), or another WSGI app under the very same settings: the
+  launcher of `realservers.gunicorn_server`, which the integration and fault tests use too.
 * `Nginx`: Debian's nginx with a configuration of its own (its own prefix, pid, temp and log
   paths, a free port on 127.0.0.1, no system service), serving one directory with sendfile.
 * `MotoS3`: moto's ThreadedMotoServer, in a process of its own so that its request handling
@@ -26,53 +27,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from bench.tools import venv_bin
-from realservers.process import children_of, free_port
+from realservers.gunicorn_server import DUMMY_AWS, GunicornServer, service_env
+from realservers.process import Managed as _Managed
+from realservers.process import ServerFailed, free_port
 
 LOOPBACK = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GUNICORN_CONFIG = REPO_ROOT / "config" / "gunicorn.conf.py"
 STARTUP_TIMEOUT = 60.0  # seconds; generous: other work may be loading the machine
 STOP_TIMEOUT = 15.0
-
-# Configuration the caller's shell may carry must not leak into the servers.
-_DROPPED_PREFIXES = ("MEDIA_", "AWS_", "GUNICORN_", "PROMETHEUS_")
-_DROPPED_NAMES = {"PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"}
-DUMMY_AWS = {
-    "AWS_ACCESS_KEY_ID": "bench",
-    "AWS_SECRET_ACCESS_KEY": "bench-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-class ServerFailed(RuntimeError):
-    """A server exited or never answered; the message carries the tail of its log."""
 
 
 def clean_env(overrides: dict[str, str]) -> dict[str, str]:
     """This process's environment minus service configuration and proxies, plus `overrides`."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(_DROPPED_PREFIXES)
-        and name not in _DROPPED_NAMES
-        and not name.lower().endswith("_proxy")  # loopback traffic never goes through a proxy
-    }
-    env.update(DUMMY_AWS)
-    env.update(
-        {
-            # Never read a real AWS config or ask an instance metadata service.
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update(overrides)
-    return env
+    return service_env(None, overrides)
 
 
 def _tail(path: Path, size: int = 3000) -> str:
@@ -111,33 +80,9 @@ def wait_for_http(port: int, path: str, process: subprocess.Popen[bytes], log: P
     raise ServerFailed(f"no answer on {path} within {STARTUP_TIMEOUT:.0f} s:\n{_tail(log)}")
 
 
-class _Managed:
-    """Context-manager plumbing: `with Server(...) as s:` starts it and always stops it."""
-
-    def start(self) -> Any:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Any:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class Gunicorn(_Managed):
-    """gunicorn with config/gunicorn.conf.py serving `app` (the service unless told otherwise)."""
+class Gunicorn(GunicornServer):
+    """The service (or another `app` under the very same settings) under realservers' gunicorn
+    launcher, with the bench's limits, its logs in `data_dir`, and every worker up on start."""
 
     def __init__(
         self,
@@ -148,100 +93,28 @@ class Gunicorn(_Managed):
         app: str = "app:app",
         env: dict[str, str] | None = None,
     ) -> None:
-        self.name = name
-        self.data_dir = data_dir
-        self.app = app
         overrides = {
-            "MEDIA_DATA_DIR": str(data_dir),
             # The issue's items are up to 1 GiB; the service's 100 MiB default would refuse them.
             "MEDIA_MAX_UPLOAD_BYTES": str(4 * 1024**3),
             # Keep shutdown short: the benchmark never leaves a transfer it cares about running.
             "GUNICORN_GRACEFUL_TIMEOUT": "3",
+            **(env or {}),
         }
-        if workers is not None:
-            overrides["WEB_CONCURRENCY"] = str(workers)
-        overrides.update(env or {})
-        self.env = clean_env(overrides)
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = data_dir / f"{name}.log"
-
-    def start(self) -> Gunicorn:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(3):  # the free port may be taken between probing and binding
-            self.port = free_port()
-            self.env["PORT"] = str(self.port)
-            with self.log.open("ab") as log:
-                self.process = subprocess.Popen(
-                    [str(venv_bin() / "gunicorn"), "--config", str(GUNICORN_CONFIG), self.app],
-                    cwd=REPO_ROOT,
-                    env=self.env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                )
-            try:
-                wait_for_http(self.port, "/healthz", self.process, self.log)
-                self.wait_for_workers()
-                return self
-            except ServerFailed:
-                _stop(self.process)
-                if "Address already in use" not in _tail(self.log):
-                    raise
-        raise ServerFailed(f"{self.name}: no free port after 3 attempts")
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        workers = self.worker_pids()
-        _stop(self.process)
-        for pid in workers:  # a worker the master failed to take down with it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.process = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def master_pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def worker_pids(self) -> list[int]:
-        return children_of(self.process.pid) if self.process is not None else []
-
-    def wait_for_workers(self) -> list[int]:
-        """All configured workers booted (healthz answering proves only the first one)."""
-        wanted = int(self.env.get("WEB_CONCURRENCY") or 2)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            pids = self.worker_pids()
-            if len(pids) >= wanted:
-                return pids
-            time.sleep(0.05)
-        raise ServerFailed(f"{self.name}: {wanted} workers did not start:\n{_tail(self.log)}")
-
-    def cli(self, *args: str) -> str:
-        """Run `media-service ARGS` against this server's configuration; return its stdout."""
-        done = subprocess.run(
-            [str(venv_bin() / "media-service"), *args],
-            cwd=REPO_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+        super().__init__(
+            data_dir,
+            env=overrides,
+            workers=workers,
+            app=app,
+            name=name,
+            log_dir=data_dir,
+            startup_timeout=STARTUP_TIMEOUT,
+            stop_timeout=STOP_TIMEOUT,
         )
-        if done.returncode != 0:
-            raise ServerFailed(f"media-service {' '.join(args)} failed:\n{done.stderr}")
-        return done.stdout
 
     def create_account(self, api_key: str | None = None) -> str:
         """Provision an account with the CLI; return its `Authorization: Basic ...` value."""
         args = ["accounts", "create"] + (["--api-key", api_key] if api_key else [])
-        account = json.loads(self.cli(*args))
+        account = json.loads(self.cli(*args).stdout)
         pair = f"{account['api_key']}:{account['api_secret']}".encode()
         return "Basic " + base64.b64encode(pair).decode()
 

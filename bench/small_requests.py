@@ -113,7 +113,7 @@ def run(ctx: RunContext) -> list[Figure]:
                 ctx.log(f"  profiling: {figure.name}")
                 figure.profile = ctx.profiler.capture(
                     f"small-{name.split()[-1].strip('/').lower()}",
-                    service.master_pid,
+                    service.pid,
                     lambda n=name: runner(n, seconds),
                 )
     return figures

@@ -222,7 +222,7 @@ def _profile_misses(
         if figure.met is False and figure.name in actions and ctx.profiler.enabled:
             ctx.log(f"  profiling: {figure.name}")
             slug = "".join(c if c.isalnum() else "-" for c in figure.name.lower())
-            figure.profile = ctx.profiler.capture(slug, server.master_pid, actions[figure.name])
+            figure.profile = ctx.profiler.capture(slug, server.pid, actions[figure.name])
 
 
 # --------------------------------------------------------------------------- file store

@@ -36,7 +36,7 @@ def app_state() -> AppState:
     return state
 
 
-def media_service() -> MediaService:
+def current_media_service() -> MediaService:
     return app_state().service
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import random
 import re
+import types
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -39,6 +42,29 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
+class MediaFlask(Flask):
+    """Flask, without re-inspecting every hook and view on every request.
+
+    Flask calls `ensure_sync` on each before/after/teardown hook and on the view for every
+    request, and each call asks `inspect.iscoroutinefunction`: about 5% of a small request's
+    CPU. A plain function found synchronous once stays so; anything else gets Flask's answer.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync_functions: set[types.FunctionType] = set()
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        if type(func) is types.FunctionType:
+            if func in self._sync_functions:
+                return func
+            result = super().ensure_sync(func)
+            if result is func:
+                self._sync_functions.add(func)
+            return result
+        return super().ensure_sync(func)
+
+
 def create_app(settings: Settings | None = None, *, backends: Backends | None = None) -> Flask:
     """Build the app; the environment is read only when no settings are given."""
     settings = settings if settings is not None else Settings.from_env()
@@ -47,7 +73,7 @@ def create_app(settings: Settings | None = None, *, backends: Backends | None = 
     database = DatabaseSetup(backends)
     database.try_now()
 
-    app = Flask("media_service")
+    app = MediaFlask("media_service")
     app.config.update(
         API_TITLE="Media API",
         API_VERSION=__version__,

@@ -12,7 +12,8 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from types import TracebackType
+from typing import Any, ClassVar
 
 LOOPBACK = "127.0.0.1"
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
@@ -155,6 +156,31 @@ def run_checked(argv: Sequence[str], *, timeout: float = 120.0, **kwargs: object
         output = done.stdout[-2000:] + done.stderr[-4000:]
         raise ServerFailed(f"{' '.join(argv)} exited {done.returncode}:\n{output}")
     return done.stdout
+
+
+class Managed:
+    """Context-manager plumbing: `with Server(...) as s:` starts it and always stops it."""
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 @dataclass

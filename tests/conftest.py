@@ -90,6 +90,16 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """MEDIA_* pointing at an embedded store under tmp_path, as `media-service` reads it."""
+    for name in list(os.environ):
+        if name.startswith("MEDIA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MEDIA_DATA_DIR", str(tmp_path))
+    return Settings.from_env()
+
+
 @functools.cache
 def _botocore_loader() -> Any:
     """One model loader for the session: re-reading botocore's JSON models costs ~0.3 s a client."""
@@ -110,7 +120,8 @@ def open_pair(pair: str, settings: Settings) -> Iterator[Backends]:
     elif pair == "sqlite-files":
         yield from _sqlite_files(settings)
     elif pair == "mongomock-moto":
-        yield from _mongomock_moto()
+        with mongomock_moto() as backends:
+            yield backends
     else:
         raise ValueError(f"unknown backend pair {pair!r}")
 
@@ -125,9 +136,15 @@ def _sqlite_files(settings: Settings) -> Iterator[Backends]:
         backends.close()
 
 
-def _mongomock_moto() -> Iterator[Backends]:
-    import boto3
-    import botocore.session
+@contextlib.contextmanager
+def mongomock_moto(
+    s3_client: Callable[[], Any] | None = None, *, presign: bool = False
+) -> Iterator[Backends]:
+    """The mongomock-moto pair, schema in place, inside moto's `mock_aws` (needs `sandbox_aws`).
+
+    `s3_client` builds the S3 clients (default: boto3's, with the session's model loader);
+    with `presign` the blob store gets a second one to sign download URLs with.
+    """
     import mongomock
     from moto import mock_aws
 
@@ -139,19 +156,29 @@ def _mongomock_moto() -> Iterator[Backends]:
     from media_service.storage.s3 import S3BlobStore
 
     with mock_aws():
-        session = botocore.session.get_session()
-        session.register_component("data_loader", _botocore_loader())
-        client = boto3.Session(botocore_session=session).client("s3", region_name="us-east-1")
+        make_client = s3_client or _default_s3_client
+        client = make_client()
         client.create_bucket(Bucket="media-test")
         database = MongoDatabase.wrap(mongomock.MongoClient(tz_aware=True)["media"])
         backends = Backends(
-            blobs=S3BlobStore(client, "media-test", "items/"),
+            blobs=S3BlobStore(
+                client, "media-test", "items/", presign_client=make_client() if presign else None
+            ),
             media=MongoMediaRepository(database),
             credentials=MongoCredentialStore(database),
         )
         backends.media.prepare_database()
         backends.credentials.prepare_database()
         yield backends
+
+
+def _default_s3_client() -> Any:
+    import boto3
+    import botocore.session
+
+    session = botocore.session.get_session()
+    session.register_component("data_loader", _botocore_loader())
+    return boto3.Session(botocore_session=session).client("s3", region_name="us-east-1")
 
 
 @pytest.fixture(params=BACKEND_PAIRS)
@@ -257,3 +284,81 @@ def upload(client: FlaskClient) -> Uploader:
 
 def real_backend_env(name: str) -> str | None:
     return os.environ.get(name) or None
+
+
+# --------------------------------------------------------------------------- shared worlds
+
+KeyPair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class World:
+    """One backend pair, app and set of credentials shared by the tests of a module."""
+
+    settings: Settings
+    backends: Backends
+    app: Flask
+    owner: Credentials  # account acct0001, application app-one
+    sibling: Credentials  # the same account, application app-two
+    stranger: Credentials  # account acct0002, application app-other
+
+
+@contextlib.contextmanager
+def open_world(
+    pair: str, directory: Path, keypair: KeyPair, second_keypair: KeyPair, **overrides: Any
+) -> Iterator[World]:
+    """Open `pair` (one of BACKEND_PAIRS) under `directory`, with an app and its credentials."""
+    settings = make_settings(directory, **overrides)
+    with contextlib.ExitStack() as stack:
+        sandbox_aws(stack.enter_context(pytest.MonkeyPatch.context()))  # for the module's life
+        backends = stack.enter_context(open_pair(pair, settings))
+        app = create_app(settings, backends=backends)
+        app.config["TESTING"] = True
+        owner = provision(backends, keypair, api_key="acct0001", application_id="app-one")
+        backends.credentials.add_application(
+            Application("app-two", owner.api_key, (second_keypair[1],))
+        )
+        sibling = Credentials(owner.api_key, owner.api_secret, "app-two", second_keypair[0])
+        stranger = provision(
+            backends, second_keypair, api_key="acct0002", application_id="app-other"
+        )
+        yield World(settings, backends, app, owner, sibling, stranger)
+
+
+WORLD_PARTS = ("app", "backends", "owner", "sibling", "stranger")
+
+
+def shared_world(**overrides: Any) -> tuple[Any, ...]:
+    """Opt a test module in to one World per backend pair for all of its tests. At module level,
+
+        world, app, backends, owner, sibling, stranger = shared_world(max_upload_bytes=...)
+
+    puts a module-scoped `world` fixture (params BACKEND_PAIRS; settings from make_settings
+    with `overrides`) in place, and the `app`, `backends`, `owner`, `sibling` and `stranger`
+    fixtures above give way to its parts. Fresh backends and a fresh app cost a quarter to half
+    a second a test, which tables of hundreds of rows cannot afford; each test then creates the
+    items it needs under fresh ids. `parametrize("world", [...], indirect=True)` narrows a test
+    to some pairs.
+    """
+
+    @pytest.fixture(name="world", scope="module", params=BACKEND_PAIRS)
+    def world_fixture(
+        request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory,
+        rsa_keypair: KeyPair,
+        second_rsa_keypair: KeyPair,
+    ) -> Iterator[World]:
+        directory = tmp_path_factory.mktemp(request.param)
+        with open_world(
+            request.param, directory, rsa_keypair, second_rsa_keypair, **overrides
+        ) as world:
+            yield world
+
+    def part(name: str) -> Any:
+        @pytest.fixture(name=name)
+        def fixture(world: World) -> Any:
+            return getattr(world, name)
+
+        return fixture
+
+    return (world_fixture, *(part(name) for name in WORLD_PARTS))

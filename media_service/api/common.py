@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import request
 
@@ -10,6 +13,8 @@ from media_service.context import app_state
 from media_service.errors import ValidationFailed
 
 MEDIA_PREFIX = "/v3/media"
+
+View = TypeVar("View", bound=Callable[..., Any])
 
 
 def parse_item_id(raw: str) -> str:
@@ -23,6 +28,17 @@ def parse_item_id(raw: str) -> str:
             "The media id in the path is not a UUID.",
             invalid_parameters=[{"name": "id", "reason": "Not a valid UUID."}],
         ) from None
+
+
+def item_id_checked(view: View) -> View:
+    """Hand the view its `item_id` through parse_item_id, before anything it wraps (such as a
+    body parsed by @blp.arguments) runs: a bad id is 400 naming `id`, whatever the body."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, item_id: str, **kwargs: Any) -> Any:
+        return view(*args, item_id=parse_item_id(item_id), **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def public_base_url() -> str:

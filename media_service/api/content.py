@@ -12,7 +12,7 @@ from media_service.api.auth import auth_optional
 from media_service.api.common import MEDIA_PREFIX, parse_item_id
 from media_service.api.openapi import Blueprint
 from media_service.auth import Principal
-from media_service.context import media_service, settings
+from media_service.context import current_media_service, settings
 from media_service.errors import PreconditionFailed, RangeNotSatisfiable
 from media_service.http.conditional import DownloadPlan, Representation, evaluate, format_etag
 from media_service.http.dates import format_http_date
@@ -62,14 +62,14 @@ ACCEL_LOCATION = "/_media_accel/"
 def download(item_id: str, *, principal: Principal | None) -> Any:
     item_id = parse_item_id(item_id)
     # Authorisation first: a private item never answers 304 (nor shows its ETag) to strangers.
-    service = media_service()
+    service = current_media_service()
     access = service.get_for_download(principal, item_id)
     item = access.item
 
     representation = Representation(
         etag=item.etag, last_modified=item.time_content_modified, size=item.media_size
     )
-    plan = evaluate(request.method, request.headers, representation)
+    plan = evaluate(request.method, _conditionals(request.environ), representation)
     headers = _validator_headers(item)
 
     if plan.status == 304:
@@ -151,6 +151,27 @@ def _accel(
         # nginx's range filter adds its own to a whole file (and keeps ours): it would be twice.
         del response.headers["Accept-Ranges"]
     return response
+
+
+# The request headers evaluate() reads, as WSGI names them. A dict of just these is what it
+# needs: looking up an absent name in the request's own headers scans all of them, once for
+# each of the five it asks about, on every download.
+_CONDITIONAL_HEADERS = tuple(
+    (name, "HTTP_" + name.upper().replace("-", "_"))
+    for name in (
+        "If-Match",
+        "If-None-Match",
+        "If-Modified-Since",
+        "If-Unmodified-Since",
+        "Range",
+        "If-Range",
+    )
+)
+
+
+def _conditionals(environ: dict[str, Any]) -> dict[str, str]:
+    """The request's precondition and range headers (most downloads send none)."""
+    return {name: environ[key] for name, key in _CONDITIONAL_HEADERS if key in environ}
 
 
 def _validator_headers(item: MediaItem) -> dict[str, str]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from media_service.context import app_state, media_service
+from media_service.context import app_state, current_media_service
 from media_service.errors import ServiceUnavailable
 from media_service.storage.interfaces import BackendUnavailable
 
@@ -33,7 +33,7 @@ def readyz() -> Any:
         except BackendUnavailable as error:
             checks[name] = "unavailable"
             failed.append(f"{name}: {error.detail or 'unavailable'}")
-    disk = media_service().disk
+    disk = current_media_service().disk
     low = disk.low()
     spare = disk.restore_spare()
     if low or not spare:

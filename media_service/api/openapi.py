@@ -1,5 +1,6 @@
 """flask-smorest, made to speak problem+json: the Api's error documentation, and a Blueprint
-whose argument parser fails with our 400 rather than webargs' 422."""
+whose argument parser fails with our 400 rather than webargs' 422, and reads request bodies
+strictly (`location="body"`)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,27 @@ from flask_smorest.utils import prepare_response
 from marshmallow import ValidationError
 from webargs.flaskparser import FlaskParser
 
+from media_service.api.forms import json_or_form_fields
 from media_service.errors import PROBLEM_JSON, ValidationFailed
 from media_service.schemas.media import ProblemSchema
 
 
 class ProblemParser(FlaskParser):
-    """webargs' parser, failing as every other validation does: 400 naming the parameters."""
+    """webargs' parser, failing as every other validation does: 400 naming the parameters.
+
+    Its `body` location is the request body as api/forms.py reads it: a JSON object, or a form's
+    fields, bounded in size and strictly decoded. webargs' own json, form and json_or_form
+    locations cannot stand in for it: they read a body of any size, fail with a 500 on deeply
+    nested JSON, store U+FFFD for text that is not UTF-8 (request.form), and take the first of
+    repeated fields and pass over file parts where we answer 400.
+    """
 
     DEFAULT_VALIDATION_STATUS = 400
+    MAX_BODY_BYTES = 256 * 1024
+    __location_map__ = {**FlaskParser.__location_map__, "body": "load_body"}
+
+    def load_body(self, req: Any, schema: Any) -> dict[str, Any]:
+        return json_or_form_fields(self.MAX_BODY_BYTES)
 
     def handle_error(
         self,
@@ -43,6 +57,12 @@ class Blueprint(flask_smorest.Blueprint):
     """The blueprint every documented view uses: @blp.arguments validates with ProblemParser."""
 
     ARGUMENTS_PARSER = ProblemParser()
+    # A `body` argument is documented as the JSON request body; a view that also takes it as a
+    # form adds those content types with @blp.doc.
+    DEFAULT_LOCATION_CONTENT_TYPE_MAPPING = {
+        **flask_smorest.Blueprint.DEFAULT_LOCATION_CONTENT_TYPE_MAPPING,
+        "body": "application/json",
+    }
 
 
 class MediaApi(Api):

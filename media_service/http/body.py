@@ -9,7 +9,7 @@ from media_service.serving.limits import RATE_FLOOR_ENVIRON_KEY, ClientTooSlow, 
 from media_service.storage.interfaces import Readable
 
 
-class CountingInput:
+class LimitedInput:
     """Wrap the request body and refuse (413) once more than `limit` bytes have arrived.
 
     This catches bodies without Content-Length (chunked) that are too large, and whatever

@@ -13,6 +13,7 @@ cannot have. tests/http/test_dates.py pins each of those.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -133,6 +134,7 @@ def parse_iso8601(value: str) -> datetime | None:
         return None
 
 
+@functools.lru_cache(maxsize=1024)  # each download's Last-Modified: the same few items' dates
 def format_http_date(dt: datetime) -> str:
     """Return ``dt`` as an IMF-fixdate (RFC 9110 §5.6.7), truncated to whole seconds.
 

@@ -7,6 +7,7 @@ RFC 8187 ``filename*`` carrying the real name in UTF-8.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from urllib.parse import quote
@@ -32,6 +33,9 @@ _FALLBACK_REPLACED = frozenset('"\\%/:*?<>|;')
 _RUNS_OF_UNDERSCORES = re.compile(r"_{2,}")
 
 
+# Every download builds this header from the item's name and type; the same items are fetched
+# again and again, and normalising and quoting a name costs more than the rest of the headers.
+@functools.lru_cache(maxsize=1024)
 def content_disposition(filename: str, mime_type: str) -> str:
     """Return a Content-Disposition value for serving ``filename`` as ``mime_type``.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response
 from flask.logging import default_handler
 
-from media_service.context import media_service
+from media_service.context import current_media_service
 from media_service.observability import access, docs
 from media_service.observability.logging import configure_logging
 from media_service.observability.metrics import exposition, metrics
@@ -24,7 +24,7 @@ blp = Blueprint("observability", __name__)
 @blp.get("/metrics")
 def prometheus_metrics() -> Response:
     """Prometheus text exposition (no credentials: keep it off the public network)."""
-    media_service().disk.sample()  # fresh free-space gauges for this scrape
+    current_media_service().disk.sample()  # fresh free-space gauges for this scrape
     body, content_type = exposition()
     response = Response(body, content_type=content_type)
     response.headers["Cache-Control"] = "no-store"

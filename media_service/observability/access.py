@@ -48,7 +48,7 @@ class Exchange:
     method: str
     path: str
     query: str | None
-    body: _CountingInput | None
+    body: _BytesReadCounter | None
     request_id: str | None = None
     route: str | None = None
     status: int | None = None
@@ -116,7 +116,7 @@ class AccessMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         body = environ.get("wsgi.input")
-        counted = _CountingInput(body) if body is not None else None
+        counted = _BytesReadCounter(body) if body is not None else None
         if counted is not None:
             environ["wsgi.input"] = counted
         exchange = Exchange(
@@ -155,7 +155,9 @@ def capture(response: Response) -> Response:
     if exchange is None:  # the app is being called without AccessMiddleware
         return response
     ctx_g = cast(Any, g)._get_current_object()
-    request_id = getattr(ctx_g, "request_id", None)
+    # g.get, not getattr with a default: a missing attribute (no principal on /healthz) costs
+    # flask's __getattr__ a KeyError and an AttributeError.
+    request_id = ctx_g.get("request_id")
     if not request_id:
         # The factory's hook echoes g.request_id; make sure the log and the header agree.
         request_id = ctx_g.request_id = uuid.uuid4().hex  # rare: the factory's hook sets it
@@ -164,7 +166,7 @@ def capture(response: Response) -> Response:
     exchange.route = rule.rule if rule is not None else None
     exchange.path = req.path[:2048]
     exchange.status = response.status_code  # provisional: start_response has the last word
-    principal = getattr(ctx_g, "principal", None)
+    principal = ctx_g.get("principal")
     if principal is not None:
         exchange.account_id = getattr(principal, "account_id", None)
         exchange.application_id = getattr(principal, "application_id", None)
@@ -221,8 +223,8 @@ def _in_memory_body_length(exchange: Exchange) -> int:
 # --------------------------------------------------------------------------- counting bodies
 
 
-class _CountingInput:
-    """The request body stream, counting the bytes the app reads from it."""
+class _BytesReadCounter:
+    """The request body stream, counting the bytes the app reads from it (`bytes_in`)."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream

@@ -6,8 +6,9 @@ request is being handled.
 
 The access log writes one line per request, so it has a fast path, `log_fields`: when the line
 would reach only our stdout handler (the usual case; not under pytest's caplog, say, or with a
-handler an operator added) it is rendered with one `json.dumps` and written straight away, the
-same line the formatter would have written, without building a LogRecord.
+handler an operator added) it is rendered in one go (orjson, or `json.dumps` where the two would
+differ) and written straight away, the same line the formatter would have written, without
+building a LogRecord.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO, TypeGuard
 
+import orjson
 from flask import g, has_request_context
 from pythonjsonlogger.json import JsonFormatter
 
@@ -129,14 +131,48 @@ def _writes_directly(handler: logging.Handler) -> TypeGuard[_StdoutHandler]:
 # json.dumps(..., default=str) builds a new JSONEncoder for every call (its arguments differ
 # from the defaults); one encoder, made once, writes the very same line.
 _LINE_ENCODER = json.JSONEncoder(default=str)
+_FLAT_TYPES = frozenset({str, int, bool, type(None)})
+_ITEM_SEPARATOR = b",\n  "  # between the members of a flat object, with OPT_INDENT_2
+
+
+def _encode_line(line: Mapping[str, Any]) -> str:
+    """`_LINE_ENCODER.encode(line)`, the same text, from orjson when that is sure to agree.
+
+    json's encoder took ~20 us of a small request's ~130 on the access line alone; orjson
+    takes ~1. Its compact output has no blank after `,` and `:`, but indented it writes
+    `": "` and puts each member of a flat object on a line of its own, and a newline inside a
+    string is always escaped: so joining those lines with `", "` gives json's spelling
+    exactly. Anything orjson would spell differently falls back to json: text beyond ASCII
+    and DEL (json escapes them), nested values, floats in exponent notation or not finite, integers
+    beyond 64 bits, and types `default=str` would stringify.
+    """
+    for value in line.values():
+        kind = type(value)
+        if kind not in _FLAT_TYPES and not (kind is float and _plain_float(value)):
+            return _LINE_ENCODER.encode(line)
+    if not line:
+        return "{}"
+    try:
+        text = orjson.dumps(line, option=orjson.OPT_INDENT_2)
+    except orjson.JSONEncodeError:
+        return _LINE_ENCODER.encode(line)
+    if not text.isascii() or b"\x7f" in text:  # json escapes DEL too
+        return _LINE_ENCODER.encode(line)
+    # b'{\n  "a": 1,\n  "b": 2\n}' -> '{"a": 1, "b": 2}'
+    return "{" + text[4:-2].replace(_ITEM_SEPARATOR, b", ").decode() + "}"
+
+
+def _plain_float(value: float) -> bool:
+    # repr() and orjson agree on finite floats written without an exponent.
+    return value == 0.0 or 1e-4 <= abs(value) < 1e16
 
 
 def log_fields(logger: logging.Logger, message: str, fields: Mapping[str, Any]) -> None:
     """Log `message` at INFO from `logger`, with `fields` as the record's extra attributes.
 
     For records whose every field is already safe to log (the access log's: its query has lost
-    `jwt-token`). Our stdout handler gets the line its formatter would have written (timestamp,
-    level, logger, message, pid, then `fields` in order) from one `json.dumps`, without the
+    `jwt-token`). Our stdout handler gets the object its formatter would have written (timestamp,
+    level, logger, message, pid, then `fields` in order) in one encoding, without the
     secret scrub; any other handler on the way (pytest's caplog, an operator's) gets an ordinary
     LogRecord, as `logger.info` would have given it.
     """
@@ -158,7 +194,7 @@ def log_fields(logger: logging.Logger, message: str, fields: Mapping[str, Any]) 
             continue
         if _writes_directly(handler):
             if line is None:
-                line = _LINE_ENCODER.encode(
+                line = _encode_line(
                     {
                         "timestamp": iso_millis(time.time()),
                         "level": "INFO",

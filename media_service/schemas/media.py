@@ -229,6 +229,10 @@ class UpdateSchema(_UpdatableFieldsSchema):
             raise ValidationError("An update needs at least one field.", "body")
 
 
+# The form fields an upload's file may come in (any other file part is refused).
+FILE_FIELDS = frozenset({"filedata", "file"})
+
+
 class UploadFieldsSchema(_UpdatableFieldsSchema):
     """The non-file fields of a multipart upload."""
 

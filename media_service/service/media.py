@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -47,6 +47,13 @@ from media_service.service.audio import probe_blob
 from media_service.service.disk import DiskGuard
 from media_service.service.quota import QuotaMeter
 from media_service.service.streams import HashingReader
+from media_service.service.uploads import (
+    Problems,
+    UploadField,
+    UploadFile,
+    receive_form,
+    receive_url_fields,
+)
 from media_service.service.url_fetch import (
     UrlFetchFailed,
     UrlFetchPolicy,
@@ -230,6 +237,20 @@ class MediaService:
         return at
 
     # ------------------------------------------------------------------ upload
+
+    def upload_form(
+        self, principal: Principal, parts: Iterable[UploadField | UploadFile]
+    ) -> MediaItem:
+        """A new, visible item from an upload's multipart form, read part by part: its file
+        (or its `url`'s bytes) and its fields. The sequence is service/uploads.py's."""
+        return receive_form(self, principal, parts)
+
+    def upload_url_form(
+        self, principal: Principal, fields: dict[str, str], problems: Problems
+    ) -> MediaItem:
+        """A new, visible item from an upload form without a file: the bytes at its `url`.
+        `problems` are what the caller found wrong with the body already."""
+        return receive_url_fields(self, principal, fields, problems)
 
     def admit_upload(self, announced_bytes: int | None) -> None:
         """Refuse (507) an upload that the free-space reserve has no room for, before its body

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -210,15 +209,6 @@ def test_backfill_fills_audio_marks_the_rest_and_never_redoes_them(
 
 
 # --------------------------------------------------------------------------- SQLite migration, CLI
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    for name in list(os.environ):
-        if name.startswith("MEDIA_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MEDIA_DATA_DIR", str(tmp_path))
-    return Settings.from_env()
 
 
 def test_sqlite_database_from_before_audio_gains_the_columns(cli_env: Settings) -> None:

@@ -22,6 +22,7 @@ from tests.api.media_api_support import (
     MISSING_ID,
     assert_nothing_left,
 )
+from tests.clock import freeze
 from tests.conftest import Credentials, Uploader
 from tests.problems import assert_problem
 
@@ -37,14 +38,7 @@ def iso(moment: datetime) -> str:
 @pytest.fixture
 def set_clock(app: Flask) -> Callable[[datetime], None]:
     """Freeze the service clock at a given instant (uploads get that time_created)."""
-    service = app.extensions["media_service"].service
-    current = {"now": NOW}
-    service.clock = lambda: current["now"]
-
-    def set_to(moment: datetime) -> None:
-        current["now"] = moment
-
-    return set_to
+    return freeze(app, NOW).set
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 Every item here is created at CREATED, a time with milliseconds, so Last-Modified and the
 If-Modified-Since tables are exact and prove that stored milliseconds never defeat an equality
 to the second. One app and one set of stores per backend pair serve the whole module (see
-shared_world.py); each test creates the items it looks at.
+shared_world in conftest.py); each test creates the items it looks at.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import hashlib
 import io
 import random
 import re
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -23,9 +22,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from media_service.context import EXTENSION_KEY
-from media_service.storage.interfaces import Backends
-from tests.api.shared_world import KeyPair, World, open_world
-from tests.conftest import BACKEND_PAIRS, Credentials
+from tests.conftest import Credentials, shared_world
 from tests.problems import assert_problem
 
 CREATED = datetime(2024, 5, 6, 7, 8, 9, 987_000, tzinfo=UTC)  # a Monday
@@ -44,41 +41,7 @@ DISPOSITION = re.compile(
 )
 
 
-@pytest.fixture(scope="module", params=BACKEND_PAIRS)
-def world(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    rsa_keypair: KeyPair,
-    second_rsa_keypair: KeyPair,
-) -> Iterator[World]:
-    directory = tmp_path_factory.mktemp(request.param)
-    with open_world(request.param, directory, rsa_keypair, second_rsa_keypair) as world:
-        yield world
-
-
-@pytest.fixture
-def app(world: World) -> Flask:
-    return world.app
-
-
-@pytest.fixture
-def backends(world: World) -> Backends:
-    return world.backends
-
-
-@pytest.fixture
-def owner(world: World) -> Credentials:
-    return world.owner
-
-
-@pytest.fixture
-def sibling(world: World) -> Credentials:
-    return world.sibling
-
-
-@pytest.fixture
-def stranger(world: World) -> Credentials:
-    return world.stranger
+world, app, backends, owner, sibling, stranger = shared_world()
 
 
 @pytest.fixture(autouse=True)

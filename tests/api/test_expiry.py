@@ -8,7 +8,6 @@ The service's clock is frozen and moved by the test, so every boundary is exact.
 from __future__ import annotations
 
 import io
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,42 +15,18 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from media_service.context import EXTENSION_KEY
 from media_service.factory import create_app
 from media_service.schemas.expiry import TTL_MAX_SECONDS
-from media_service.service.media import utc_now
 from media_service.service.sweeper import sweep
 from media_service.settings import ConfigError, Settings
 from media_service.storage.interfaces import Backends, ItemState
 from tests.api.media_api_support import ISO_MILLIS_Z, assert_nothing_left
+from tests.clock import Clock, freeze
 from tests.conftest import Credentials, Uploader
 from tests.problems import assert_problem
 
 MS = timedelta(milliseconds=1)
 CONTENT = b"RIFF\x24\x00\x00\x00WAVEfmt expiring"
-
-
-class Clock:
-    """The service's clock, frozen at a millisecond and moved only by the test."""
-
-    def __init__(self) -> None:
-        self.now = utc_now()
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            return self.now
-
-    def advance(self, by: timedelta) -> datetime:
-        with self._lock:
-            self.now += by
-            return self.now
-
-
-def freeze(app: Flask) -> Clock:
-    clock = Clock()
-    app.extensions[EXTENSION_KEY].service.clock = clock
-    return clock
 
 
 @pytest.fixture

@@ -17,12 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
 from media_service.storage.interfaces import Backends
-from tests.api.shared_world import KeyPair, World, open_world
-from tests.conftest import BACKEND_PAIRS, Credentials
+from tests.conftest import Credentials, KeyPair, World, shared_world
 from tests.problems import assert_problem
 
 MAX_UPLOAD = 256 * 1024
@@ -34,33 +32,7 @@ MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt hostile"
 
 
-@pytest.fixture(scope="module", params=BACKEND_PAIRS)
-def world(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    rsa_keypair: KeyPair,
-    second_rsa_keypair: KeyPair,
-) -> Iterator[World]:
-    directory = tmp_path_factory.mktemp(request.param)
-    with open_world(
-        request.param, directory, rsa_keypair, second_rsa_keypair, max_upload_bytes=MAX_UPLOAD
-    ) as world:
-        yield world
-
-
-@pytest.fixture
-def app(world: World) -> Flask:
-    return world.app
-
-
-@pytest.fixture
-def backends(world: World) -> Backends:
-    return world.backends
-
-
-@pytest.fixture
-def owner(world: World) -> Credentials:
-    return world.owner
+world, app, backends, owner, sibling, stranger = shared_world(max_upload_bytes=MAX_UPLOAD)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ tests/integration/test_nginx_offload.py.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import random
@@ -29,7 +28,7 @@ from media_service.settings import ConfigError, Settings
 from media_service.storage.interfaces import Backends, BackendUnavailable
 from media_service.storage.s3 import S3BlobStore
 from tests import real_backends
-from tests.conftest import Credentials, make_settings, provision
+from tests.conftest import Credentials, make_settings, mongomock_moto, provision
 from tests.real_backends import REAL_PAIR
 
 CONTENT = random.Random(14).randbytes(300_000)
@@ -111,34 +110,8 @@ def presigned(
         with real_backends.open_real_pair(settings) as backends:
             yield _offload(settings, backends, rsa_keypair, real=True)
         return
-    with _moto_backends() as backends:
+    with mongomock_moto(lambda: _signer(None), presign=True) as backends:
         yield _offload(settings, backends, rsa_keypair)
-
-
-@contextlib.contextmanager
-def _moto_backends() -> Iterator[Backends]:
-    """mongomock + moto, the blob store with a SigV4 signer (as from_settings builds it)."""
-    import mongomock
-    from moto import mock_aws
-
-    from media_service.storage.mongo import (
-        MongoCredentialStore,
-        MongoDatabase,
-        MongoMediaRepository,
-    )
-
-    with mock_aws():
-        client = _signer(None)
-        client.create_bucket(Bucket="media-test")
-        database = MongoDatabase.wrap(mongomock.MongoClient(tz_aware=True)["media"])
-        backends = Backends(
-            blobs=S3BlobStore(client, "media-test", "items/", presign_client=_signer(None)),
-            media=MongoMediaRepository(database),
-            credentials=MongoCredentialStore(database),
-        )
-        backends.media.prepare_database()
-        backends.credentials.prepare_database()
-        yield backends
 
 
 @pytest.fixture

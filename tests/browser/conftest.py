@@ -23,7 +23,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import LiveServer, ServerFarm, create_account, provision
+from realservers.gunicorn_server import GunicornServer
+from tests.integration.conftest import (
+    ServerFarm,
+    create_account,
+    provision,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -72,7 +77,7 @@ def wav_bytes(seconds: float = 1.5, rate: int = 8000, hz: float = 440.0) -> byte
 
 
 @pytest.fixture(scope="module")
-def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
     """One gunicorn on the embedded default, shared by the module's tests."""
     farm = ServerFarm(tmp_path_factory.mktemp("console-live"))
     try:
@@ -82,12 +87,12 @@ def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSer
 
 
 @pytest.fixture(scope="module")
-def account(console_server: LiveServer) -> tuple[str, str]:
+def account(console_server: GunicornServer) -> tuple[str, str]:
     return create_account(console_server)
 
 
 @pytest.fixture(scope="module")
-def tenant(console_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def tenant(console_server: GunicornServer, tmp_path_factory: pytest.TempPathFactory) -> Any:
     return provision(console_server, tmp_path_factory.mktemp("console-keys"))
 
 

@@ -21,8 +21,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from realservers.gunicorn_server import GunicornServer
 from tests.browser.conftest import PHONE, WAIT, Browser, BrowserFactory, wav_bytes
-from tests.integration.conftest import LiveServer, create_account, http_session, upload
+from tests.integration.conftest import (
+    create_account,
+    http_session,
+    upload,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -65,7 +70,7 @@ def card_text(browser: Browser, item_id: str, selector: str) -> str | None:
 
 
 def sign_in_basic(
-    browser: Browser, server: LiveServer, key: str, secret: str, path: str = "/console"
+    browser: Browser, server: GunicornServer, key: str, secret: str, path: str = "/console"
 ) -> None:
     browser.driver.get(f"{server.url}{path}")
     wait_for(browser, lambda d: d.execute_script("return document.body.dataset.ready"), "ready")
@@ -87,13 +92,13 @@ def wait_for_list(browser: Browser) -> None:
     )
 
 
-def api_item(server: LiveServer, auth: tuple[str, str], item_id: str) -> tuple[int, Any]:
+def api_item(server: GunicornServer, auth: tuple[str, str], item_id: str) -> tuple[int, Any]:
     with http_session() as http:
         response = http.get(f"{server.url}/v3/media/{item_id}/info", auth=auth, timeout=10)
     return response.status_code, response.json()
 
 
-def assert_stayed_local(browser: Browser, server: LiveServer) -> None:
+def assert_stayed_local(browser: Browser, server: GunicornServer) -> None:
     """Every resource the page loaded came from the service or a blob: URL; no cookie exists."""
     urls = browser.driver.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)"
@@ -117,7 +122,7 @@ def assert_no_script_errors(browser: Browser) -> None:
 
 
 def test_wrong_secret_is_refused_on_the_page(
-    browser: BrowserFactory, console_server: LiveServer, account: tuple[str, str]
+    browser: BrowserFactory, console_server: GunicornServer, account: tuple[str, str]
 ) -> None:
     page = browser()
     page.driver.get(f"{console_server.url}/console")
@@ -136,7 +141,7 @@ def test_wrong_secret_is_refused_on_the_page(
 
 
 def test_a_rotated_secret_signs_the_console_out(
-    browser: BrowserFactory, console_server: LiveServer
+    browser: BrowserFactory, console_server: GunicornServer
 ) -> None:
     """A 401 mid-session (secret rotated, token expired) signs out and says why."""
     key, secret = create_account(console_server)
@@ -153,7 +158,7 @@ def test_a_rotated_secret_signs_the_console_out(
 
 def test_upload_play_edit_and_delete_a_wav(
     browser: BrowserFactory,
-    console_server: LiveServer,
+    console_server: GunicornServer,
     account: tuple[str, str],
     artefacts: Path,
     tmp_path: Path,
@@ -272,7 +277,7 @@ def test_upload_play_edit_and_delete_a_wav(
         shutil.copyfile(desktop, target / "console.png")
 
 
-def search_count(server: LiveServer, auth: tuple[str, str]) -> int:
+def search_count(server: GunicornServer, auth: tuple[str, str]) -> int:
     with http_session() as http:
         response = http.get(
             f"{server.url}/v3/media",
@@ -286,7 +291,10 @@ def search_count(server: LiveServer, auth: tuple[str, str]) -> int:
 
 
 def test_upload_progress_and_cancel(
-    browser: BrowserFactory, console_server: LiveServer, account: tuple[str, str], tmp_path: Path
+    browser: BrowserFactory,
+    console_server: GunicornServer,
+    account: tuple[str, str],
+    tmp_path: Path,
 ) -> None:
     """A slow upload shows its progress; Cancel stops it and no item is left behind."""
     clip = tmp_path / "long.wav"
@@ -327,7 +335,7 @@ def _readme_screenshot_dir() -> Path | None:
 
 
 def test_a_stored_title_of_markup_renders_as_text(
-    browser: BrowserFactory, console_server: LiveServer, account: tuple[str, str]
+    browser: BrowserFactory, console_server: GunicornServer, account: tuple[str, str]
 ) -> None:
     with http_session() as http:
         made = upload(
@@ -374,7 +382,7 @@ def test_a_stored_title_of_markup_renders_as_text(
 
 
 def test_jwt_sign_in_drop_upload_and_paging_on_a_phone(
-    browser: BrowserFactory, console_server: LiveServer, tenant: Any
+    browser: BrowserFactory, console_server: GunicornServer, tenant: Any
 ) -> None:
     page = browser()
     page.resize(PHONE, mobile=True)

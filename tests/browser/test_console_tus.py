@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from realservers.gunicorn_server import GunicornServer
 from tests.browser.conftest import Browser, BrowserFactory, wav_bytes
 from tests.browser.test_console import (
     api_item,
@@ -27,7 +28,9 @@ from tests.browser.test_console import (
     sign_in_basic,
     wait_for,
 )
-from tests.integration.conftest import LiveServer, http_session
+from tests.integration.conftest import (
+    http_session,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -64,7 +67,7 @@ def start_tus_upload(page: Browser, clip: Path, title: str) -> None:
 
 def test_a_large_file_goes_through_tus_and_resumes_after_a_lost_connection(
     browser: BrowserFactory,
-    console_server: LiveServer,
+    console_server: GunicornServer,
     account: tuple[str, str],
     tmp_path: Path,
 ) -> None:
@@ -109,7 +112,7 @@ def assert_no_script_errors_but_the_cut(page: Browser) -> None:
 
 def test_cancel_during_a_tus_upload_removes_the_upload(
     browser: BrowserFactory,
-    console_server: LiveServer,
+    console_server: GunicornServer,
     account: tuple[str, str],
     tmp_path: Path,
 ) -> None:
@@ -143,7 +146,7 @@ def test_cancel_during_a_tus_upload_removes_the_upload(
 
 def test_with_stay_signed_in_a_reload_resumes_the_same_upload(
     browser: BrowserFactory,
-    console_server: LiveServer,
+    console_server: GunicornServer,
     account: tuple[str, str],
     tmp_path: Path,
 ) -> None:

@@ -1,5 +1,6 @@
 """Tools for the fault-injection suite: the consistency oracle, faulty ports, a loopback TCP proxy
-that can drop or stall connections, and a real gunicorn on loopback.
+that can drop or stall connections, and a real gunicorn on loopback
+(`realservers.gunicorn_server`, the launcher the integration tests and the bench use too).
 
 Every fault test ends the same way: `assert_consistent(backends)` runs the sweeper as if far in
 the future and then checks the invariant of SPEC §4.1 and §4.5 — nothing is visible half-made
@@ -10,20 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 import os
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,14 +43,8 @@ from media_service.storage.interfaces import (
     SearchQuery,
     SearchScope,
 )
-from realservers.process import children_of, free_port
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent  # not resolved: in a venv, python links out of bin/
-GUNICORN = VENV_BIN / "gunicorn"
-MEDIA_SERVICE_CLI = VENV_BIN / "media-service"
-GUNICORN_CONFIG = REPO_ROOT / "config" / "gunicorn.conf.py"
-LOOPBACK = "127.0.0.1"
+from realservers.gunicorn_server import LOOPBACK, GunicornServer, service_env
+from realservers.gunicorn_server import MEDIA_SERVICE as MEDIA_SERVICE_CLI
 
 # The sweeper's clock for the final check: every PENDING item is then long dead and every blob
 # long unreferenced, so whatever a fault left behind must go.
@@ -488,36 +481,12 @@ def closed_port() -> int:
 
 # --------------------------------------------------------------------------- real gunicorn
 
-_DROPPED_PREFIXES = ("MEDIA_", "AWS_", "GUNICORN_", "PROMETHEUS_")
-_DROPPED_NAMES = {"PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS", "PYTHONPATH"}
-
 
 def server_env(data_dir: Path, **overrides: str) -> dict[str, str]:
-    """A subprocess environment: this one minus service settings and proxies, plus `overrides`."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(_DROPPED_PREFIXES)
-        and name not in _DROPPED_NAMES
-        and not name.lower().endswith("_proxy")
-    }
-    env.update(
-        {
-            "MEDIA_DATA_DIR": str(data_dir),
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "NO_PROXY": "127.0.0.1,localhost",
-            "PYTHONUNBUFFERED": "1",
-            "WEB_CONCURRENCY": "1",
-            "GUNICORN_GRACEFUL_TIMEOUT": "2",
-        }
+    """A server's environment (`service_env`) with one worker and a short graceful stop."""
+    return service_env(
+        data_dir, {"WEB_CONCURRENCY": "1", "GUNICORN_GRACEFUL_TIMEOUT": "2", **overrides}
     )
-    env.update(overrides)
-    return env
 
 
 def run_sweep(env: dict[str, str], *flags: str) -> dict[str, int]:
@@ -535,104 +504,35 @@ def run_sweep(env: dict[str, str], *flags: str) -> dict[str, int]:
     return report
 
 
-class ServerFailed(Exception):
-    """gunicorn exited, or never answered /healthz; the message carries its log."""
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
-@dataclass
-class GunicornServer:
-    """One gunicorn master (in its own process group) serving on 127.0.0.1:port."""
-
-    port: int
-    env: dict[str, str]
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    _log: Any = field(repr=False, default=None)
-
-    def log(self, tail: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-tail:]
-        except OSError:
-            return ""
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = 30.0,
-    ) -> tuple[int, dict[str, str], bytes]:
-        """One request on a fresh connection: (status, headers with lower-case names, body)."""
-        connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=timeout)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            data = response.read()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-        finally:
-            connection.close()
-
-    def worker_pids(self) -> set[int]:
-        """The master's live children (its workers)."""
-        return set(children_of(self.process.pid))
-
-    def wait_healthy(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerFailed(
-                    f"gunicorn exited with status {self.process.returncode}:\n{self.log()}"
-                )
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                if self.request("GET", "/healthz", timeout=2)[0] == 200:
-                    return
-            time.sleep(0.1)
-        raise ServerFailed(f"gunicorn did not answer /healthz within {timeout} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        """SIGTERM the master, then SIGKILL whatever is left of its process group."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # the group of the master we started
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
+def kill_worker(server: GunicornServer, worker: int, *, replaced: bool = True) -> None:
+    """SIGKILL one worker; wait until the master has reaped it (and, if `replaced`, started the
+    one new worker of a WEB_CONCURRENCY=1 server)."""
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: worker not in server.worker_pids(), "the killed worker to be reaped")
+    if replaced:
+        wait_for(lambda: len(server.worker_pids()) == 1, "the master to start a new worker")
 
 
 @pytest.fixture
 def gunicorn(tmp_path: Path) -> Iterator[Callable[..., GunicornServer]]:
     """Factory: gunicorn(env, app="app:app", wait=True) starts `.venv/bin/gunicorn --config
     config/gunicorn.conf.py <app>` on a free loopback port; every server is stopped afterwards.
-    `env` should come from server_env(); PORT is set here."""
+    `env` should come from server_env(); PORT is set by the server."""
     servers: list[GunicornServer] = []
 
     def start(env: dict[str, str], *, app: str = "app:app", wait: bool = True) -> GunicornServer:
-        port = free_port()
-        env = {**env, "PORT": str(port)}
-        log_path = tmp_path / f"gunicorn-{port}.log"
-        log = open(log_path, "wb")  # closed by GunicornServer.stop
-        process = subprocess.Popen(
-            [str(GUNICORN), "--config", str(GUNICORN_CONFIG), app],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        server = GunicornServer(port, env, process, log_path, log)
+        server = GunicornServer(Path(env["MEDIA_DATA_DIR"]), env=env, app=app, log_dir=tmp_path)
         servers.append(server)
-        if wait:
-            server.wait_healthy()
-        return server
+        return server.start(wait=wait)
 
     yield start
     for server in servers:

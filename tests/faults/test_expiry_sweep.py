@@ -12,7 +12,6 @@ import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
@@ -94,15 +93,6 @@ def test_a_failing_listing_is_counted_and_the_rest_of_the_pass_runs(backends: Ba
 
 
 # --------------------------------------------------------------------------- the command
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    for name in list(os.environ):
-        if name.startswith("MEDIA_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MEDIA_DATA_DIR", str(tmp_path))
-    return Settings.from_env()
 
 
 def test_cli_sweep_reports_how_many_expired_items_it_removed(

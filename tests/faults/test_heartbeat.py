@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -22,11 +21,11 @@ import pytest
 from flask import Flask
 
 from media_service.cli import main
-from media_service.context import EXTENSION_KEY
 from media_service.service.media import utc_now
 from media_service.service.sweeper import SweepReport, sweep
 from media_service.settings import Settings
 from media_service.storage.interfaces import Backends, ItemState
+from tests.clock import Clock, freeze
 from tests.conftest import Credentials, make_settings
 from tests.faults.conftest import (
     FILE_PART_TAIL,
@@ -54,23 +53,6 @@ def settings(tmp_path: Path) -> Settings:
         upload_stale_seconds=int(STALE.total_seconds()),
         sweep_grace_seconds=int(GRACE.total_seconds()),
     )
-
-
-class Clock:
-    """The service's clock, moved only by the test (thread-safe: S3 reads run elsewhere)."""
-
-    def __init__(self) -> None:
-        self.now = utc_now()
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            return self.now
-
-    def advance(self, by: timedelta) -> datetime:
-        with self._lock:
-            self.now += by
-            return self.now
 
 
 class SteppedBody(io.RawIOBase):
@@ -104,12 +86,6 @@ class SteppedBody(io.RawIOBase):
         return len(chunk)
 
 
-def clocked(app: Flask) -> Clock:
-    clock = Clock()
-    app.extensions[EXTENSION_KEY].service.clock = clock
-    return clock
-
-
 def post(app: Flask, owner: Credentials, body: SteppedBody) -> Any:
     return app.test_client().post(
         "/v3/media",
@@ -128,7 +104,7 @@ def test_a_live_upload_survives_sweeps_however_long_it_runs(
 ) -> None:
     """The sweeper runs between every MiB of a 20 MiB upload that takes 80 minutes (longer
     than the grace): its heartbeat keeps it alive, and it completes intact."""
-    clock = clocked(app)
+    clock = freeze(app)
     reports: list[SweepReport] = []
     content = os.urandom(20 * MIB)
     data = upload_body(content)
@@ -152,7 +128,7 @@ def test_an_upload_stopped_past_the_stale_bound_is_abandoned_at_its_next_heartbe
 ) -> None:
     """The bytes stop for longer than the stale bound and the sweeper rolls the upload back:
     when they flow again, the upload fails at once (503), not after the whole transfer."""
-    clock = clocked(app)
+    clock = freeze(app)
     rolled_back_at: list[int] = []
 
     def stall_then_sweep(reads: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,20 @@ from media_service.auth import generate_secret, hash_secret
 from media_service.backends import open_backends
 from media_service.settings import Settings
 from media_service.storage.interfaces import Account, Backends, BackendUnavailable, ItemState
+from realservers.gunicorn_server import GunicornServer
 from tests.conftest import Credentials
 from tests.faults.conftest import (
-    GunicornServer,
     all_items,
     assert_consistent,
+    kill_worker,
     multipart_body,
     run_sweep,
     server_env,
     temp_files,
     visible_items,
+    wait_for,
 )
-from tests.faults.test_sigkill_midupload import start_upload, wait_for
+from tests.faults.test_sigkill_midupload import start_upload
 from tests.faults.test_upload_faults import MULTIPART_TYPE
 from tests.problems import assert_problem
 
@@ -127,8 +128,7 @@ def test_worker_killed_mid_upload_then_swept_gives_the_reservation_back(
         )
         held, items = usage(backends, API_KEY)
         assert held >= 4 * MIB and items == 1  # counted while in flight
-        os.kill(worker, signal.SIGKILL)
-        wait_for(lambda: worker not in server.worker_pids(), "the killed worker to be reaped")
+        kill_worker(server, worker, replaced=False)
     finally:
         sock.close()
     server.wait_healthy()

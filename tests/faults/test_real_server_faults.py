@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import socket
 import threading
 import time
@@ -39,20 +38,22 @@ from media_service.backends import open_backends
 from media_service.settings import Settings
 from media_service.storage.interfaces import Account, Backends
 from realservers import FerretDB, Minio, pins, start_ferretdb, start_minio
+from realservers.gunicorn_server import GunicornServer
 from tests.faults.conftest import (
     FILE_PART_TAIL,
     LOOPBACK,
     MULTIPART_TYPE,
-    GunicornServer,
     all_items,
     assert_consistent,
     blob_keys,
     file_part_head,
+    kill_worker,
     multipart_body,
     open_multipart_uploads,
     run_sweep,
     server_env,
     visible_items,
+    wait_for,
 )
 
 pytestmark = [
@@ -132,14 +133,6 @@ def upload_small(server: GunicornServer, auth: dict[str, str], content: bytes) -
         timeout=60,
     )
     return status, json.loads(body) if body else None
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 class RawUpload:
@@ -333,7 +326,7 @@ def test_ferretdb_stopped_then_both_servers_restarted(world: World) -> None:
     wait_recovered(server, world.auth, item["id"])
     got = server.request("GET", f"/v3/media/{item['id']}", headers=world.auth)
     assert got[0] == 200 and got[2] == b"kept through the outage"
-    assert server.worker_pids() == {worker}  # recovered in place, not by a restart
+    assert server.worker_pids() == [worker]  # recovered in place, not by a restart
     assert_consistent(world.backends)
 
 
@@ -348,9 +341,7 @@ def test_worker_killed_mid_upload_to_s3_leaves_nothing_after_a_sweep(world: Worl
         wait_for(lambda: open_multipart_uploads(world.backends) != [], "a multipart upload")
         [pending] = all_items(world.backends)
         assert world.backends.media.quota(API_KEY).bytes >= 8 * MIB  # counted while in flight
-        os.kill(worker, signal.SIGKILL)
-        wait_for(lambda: worker not in server.worker_pids(), "the killed worker to be reaped")
-        wait_for(lambda: len(server.worker_pids()) == 1, "the master to start a new worker")
+        kill_worker(server, worker)
     finally:
         upload.close()
     server.wait_healthy()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -22,18 +21,20 @@ from media_service.auth import generate_secret, hash_secret
 from media_service.backends import open_backends
 from media_service.settings import Settings
 from media_service.storage.interfaces import Account, Backends, ItemState
+from realservers.gunicorn_server import GunicornServer
 from tests.faults.conftest import (
     FILE_PART_TAIL,
     LOOPBACK,
     MULTIPART_TYPE,
-    GunicornServer,
     all_items,
     assert_consistent,
     blob_keys,
     file_part_head,
+    kill_worker,
     run_sweep,
     server_env,
     temp_files,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -42,14 +43,6 @@ MIB = 1024 * 1024
 FILE_SIZE = 30 * MIB
 SENT_BEFORE_KILL = 8 * MIB  # then the client pauses, as a slow uplink would
 API_KEY = "killtest"
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -105,9 +98,7 @@ def test_worker_killed_mid_upload_leaves_nothing_after_a_sweep(
         [pending] = all_items(backends)
         assert pending.state is ItemState.PENDING
 
-        os.kill(worker, signal.SIGKILL)
-        wait_for(lambda: worker not in server.worker_pids(), "the killed worker to be reaped")
-        wait_for(lambda: len(server.worker_pids()) == 1, "the master to start a new worker")
+        kill_worker(server, worker)
     finally:
         sock.close()
     server.wait_healthy()

@@ -242,10 +242,14 @@ def test_orphan_removal_errors_are_counted_not_raised(backends: Backends) -> Non
 
 
 def test_safe_alongside_traffic(
-    client: FlaskClient, owner: Credentials, backends: Backends
+    client: FlaskClient, owner: Credentials, backends: Backends, request: pytest.FixtureRequest
 ) -> None:
     """The sweeper runs in a loop while 50 items are uploaded, downloaded and some deleted: with
     a 60 s grace it never touches an upload in flight, and every item kept is intact."""
+    if "mongomock" in request.node.name:
+        # Its collections are plain dicts: a query in one thread while another inserts fails with
+        # "dictionary changed size during iteration". Real MongoDB/FerretDB run this test.
+        pytest.skip("mongomock is not safe across threads (see docs/design.md)")
     stop = threading.Event()
     reports: list[SweepReport] = []
     failures: list[BaseException] = []
@@ -333,16 +337,6 @@ def test_temp_files_past_the_floor_are_removed(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the command
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """MEDIA_* pointing at an embedded store under tmp_path, as `media-service` reads it."""
-    for name in list(os.environ):
-        if name.startswith("MEDIA_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MEDIA_DATA_DIR", str(tmp_path))
-    return Settings.from_env()
 
 
 def test_cli_sweep_prints_a_json_report(

@@ -12,7 +12,6 @@ import base64
 import json
 import socket
 import sqlite3
-import subprocess
 import threading
 import time
 import uuid
@@ -39,17 +38,17 @@ from media_service.storage.interfaces import (
     SearchQuery,
     SearchScope,
 )
+from realservers.gunicorn_server import GunicornServer
 from tests.faults.conftest import (
     FILE_PART_TAIL,
-    MEDIA_SERVICE_CLI,
     MULTIPART_TYPE,
-    GunicornServer,
     TcpProxy,
     all_items,
     assert_consistent,
     closed_port,
     file_part_head,
     make_item,
+    run_sweep,
     server_env,
 )
 
@@ -419,28 +418,13 @@ def test_stalled_s3_is_503_within_the_retry_bound_and_nothing_leaks(
         assert set(left.values()) <= {ItemState.PENDING}  # the failed upload, if not undone
 
         proxy.set_mode("pass")
-        swept = _cli_sweep(env)
+        swept = run_sweep(env, "--grace-seconds", "0")
         assert swept["deletes_finished"] == 1 and swept["errors"] == 0
         assert_consistent(backends)
         status, _, body = server.request("GET", f"/v3/media/{to_download}", headers=auth)
         assert status == 200 and body == b"bytes to download"
     finally:
         backends.close()
-
-
-def _cli_sweep(env: dict[str, str]) -> dict[str, int]:
-    """`media-service sweep --grace-seconds 0` with the server's configuration."""
-    done = subprocess.run(
-        [str(MEDIA_SERVICE_CLI), "sweep", "--grace-seconds", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    report: dict[str, int] = json.loads(done.stdout)
-    return report
 
 
 # --------------------------------------------------------------------------- the tool itself

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
+from realservers.gunicorn_server import GunicornServer
 from tests.integration.conftest import (
     LOOPBACK,
-    LiveServer,
     S3Endpoint,
     StartServer,
     create_account,
@@ -97,7 +97,7 @@ def _settles(condition: Callable[[], bool], timeout: float = SETTLE_SECONDS) -> 
         time.sleep(0.1)
 
 
-def _abort_download(server: LiveServer, path: str, read_at_least: int = 16 * 1024) -> None:
+def _abort_download(server: GunicornServer, path: str, read_at_least: int = 16 * 1024) -> None:
     """Request `path`, read the headers and some of the body, then reset the connection."""
     sock = socket.create_connection((LOOPBACK, server.port), timeout=10)
     try:
@@ -124,21 +124,21 @@ def _complete_download(url: str) -> tuple[int, str]:
         return response.status_code, hashlib.sha256(response.content).hexdigest()
 
 
-def _serve_one_item(server: LiveServer) -> str:
+def _serve_one_item(server: GunicornServer) -> str:
     """Upload CONTENT as a public item (so raw anonymous requests may fetch it); return its path."""
-    with server.session() as http:
+    with http_session() as http:
         created = upload(http, server, CONTENT, auth=create_account(server), public="true")
     assert created.status_code == 201, created.text
     return f"/v3/media/{created.json()['id']}"
 
 
-def _abort_all(server: LiveServer, path: str) -> None:
+def _abort_all(server: GunicornServer, path: str) -> None:
     """ABORTED resets, one after another (more at once would just queue behind four threads)."""
     for _ in range(ABORTED):
         _abort_download(server, path)
 
 
-def _complete_all(server: LiveServer, path: str) -> None:
+def _complete_all(server: GunicornServer, path: str) -> None:
     """COMPLETE full downloads, THREADS at a time: every one 200 with the exact bytes, in time."""
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=THREADS) as pool:
@@ -170,7 +170,7 @@ def test_aborted_s3_downloads_release_their_pooled_connections(
     _complete_all(server, path)
     assert _settles(lambda: _sockets_to(worker, s3_port) <= POOL)
     assert server.worker_pids() == [worker], "the worker must not have been replaced"
-    with server.session() as http:
+    with http_session() as http:
         assert http.get(f"{server.url}/readyz", timeout=10).status_code == 200
 
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from realservers.gunicorn_server import GunicornServer
 from tests.integration.conftest import (
-    LiveServer,
     StartServer,
     create_account,
-    fresh_mongo_database,
-    fresh_s3_env,
     http_session,
+    pair_env,
+    pair_params,
     payload,
     real_mongo_is_ferretdb,
     upload,
@@ -46,19 +46,19 @@ CONTENT = payload(48 * 1024 + 7, seed=3)
 class Stack:
     """A four-worker server and an account created on it through the CLI (Basic auth)."""
 
-    def __init__(self, server: LiveServer, owner: tuple[str, str], ferretdb: bool) -> None:
+    def __init__(self, server: GunicornServer, owner: tuple[str, str], ferretdb: bool) -> None:
         self.server = server
         self.owner = owner
         self.ferretdb = ferretdb
 
     def create(self, content: bytes = CONTENT, **fields: str) -> dict:
-        with self.server.session() as http:
+        with http_session() as http:
             created = upload(http, self.server, content, auth=self.owner, form=fields)
         assert created.status_code == 201, created.text
         return created.json()
 
     def info(self, item_id: str) -> dict:
-        with self.server.session() as http:
+        with http_session() as http:
             response = http.get(f"{self.content_url(item_id)}/info", auth=self.owner, timeout=15)
         assert response.status_code == 200, response.text
         return response.json()
@@ -69,10 +69,7 @@ class Stack:
 
 @pytest.fixture(
     scope="module",
-    params=[
-        "sqlite+files",
-        pytest.param("mongodb+s3", marks=[pytest.mark.mongo, pytest.mark.minio]),
-    ],
+    params=pair_params("sqlite+files", "mongodb+s3"),
 )
 def stack(
     request: pytest.FixtureRequest,
@@ -80,10 +77,7 @@ def stack(
 ) -> Iterator[Stack]:
     """WEB_CONCURRENCY=4 gunicorn on SQLite + files (the embedded default) or MongoDB + S3."""
     with ExitStack() as cleanup:
-        env: dict[str, str] = {}
-        if request.param == "mongodb+s3":
-            env = real_pair_env(cleanup)
-        server = module_live_server(workers=WORKERS, env=env)
+        server = module_live_server(workers=WORKERS, env=pair_env(request.param, cleanup))
         server.wait_for_workers(WORKERS)
         yield Stack(
             server,
@@ -91,14 +85,6 @@ def stack(
             ferretdb=request.param == "mongodb+s3" and real_mongo_is_ferretdb(),
         )
         server.stop()  # before the database is dropped
-
-
-def real_pair_env(cleanup: ExitStack) -> dict[str, str]:
-    """Server variables for a fresh database and bucket on the real servers."""
-    return {
-        "MEDIA_DATABASE_URL": cleanup.enter_context(fresh_mongo_database()),
-        **cleanup.enter_context(fresh_s3_env()),
-    }
 
 
 def _anonymous_get(url: str) -> tuple[int, str | None]:
@@ -144,7 +130,7 @@ def test_limit_is_exact_under_concurrent_anonymous_downloads(
     assert stack.info(item["id"])["times_downloaded"] == LIMIT
 
     # Past the limit the owner still downloads, and that download still counts.
-    with stack.server.session() as http:
+    with http_session() as http:
         owner = http.get(url, auth=stack.owner, timeout=30)
         refused = http.get(url, timeout=30)
     assert owner.status_code == 200 and owner.content == CONTENT
@@ -160,7 +146,7 @@ def test_head_304_416_and_later_ranges_do_not_count(stack: Stack) -> None:
     etag = f'"{item["etag"]}"'
     size = len(CONTENT)
 
-    with stack.server.session() as http:
+    with http_session() as http:
         head = http.head(url, timeout=15)
         assert head.status_code == 200 and head.content == b""
         assert head.headers["Content-Length"] == str(size)
@@ -182,7 +168,7 @@ def test_head_304_416_and_later_ranges_do_not_count(stack: Stack) -> None:
 
     assert stack.info(item["id"])["times_downloaded"] == 0
 
-    with stack.server.session() as http:
+    with http_session() as http:
         assert http.get(url, timeout=15).status_code == 200
     assert stack.info(item["id"])["times_downloaded"] == 1
 
@@ -194,7 +180,7 @@ def test_interrupted_download_resumed_with_a_range_counts_once(stack: Stack) -> 
     url = stack.content_url(item["id"])
 
     received = bytearray()
-    with stack.server.session() as http:
+    with http_session() as http:
         with http.get(url, headers={"Range": "bytes=0-"}, stream=True, timeout=30) as first:
             assert first.status_code == 206
             assert first.headers["Content-Range"] == f"bytes 0-{len(content) - 1}/{len(content)}"
@@ -218,7 +204,7 @@ def test_private_item_is_not_served_or_counted_for_anonymous_clients(stack: Stac
     """A private item answers 401 to anonymous clients, even with a matching If-None-Match."""
     item = stack.create(max_downloads_allowed="3")
     url = stack.content_url(item["id"])
-    with stack.server.session() as http:
+    with http_session() as http:
         plain = http.get(url, timeout=15)
         conditional = http.get(url, headers={"If-None-Match": f'"{item["etag"]}"'}, timeout=15)
     assert plain.status_code == 401 and conditional.status_code == 401
@@ -240,7 +226,7 @@ def test_two_servers_count_one_item_exactly_between_them(
         # As in the test above: FerretDB 1.x's updates are a read and a later write.
         request.applymarker(pytest.mark.xfail(reason="FerretDB updates are not atomic"))
     with ExitStack() as cleanup:
-        env = real_pair_env(cleanup)
+        env = pair_env("mongodb+s3", cleanup)
         first = live_server(workers=2, env=env)
         second = live_server(workers=2, env=env)
         owner = create_account(first)

@@ -11,13 +11,23 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.integration.conftest import LiveServer, StartServer, Tenant, provision, upload
+from realservers.gunicorn_server import GunicornServer
+from tests.integration.conftest import (
+    StartServer,
+    Tenant,
+    http_session,
+    pair_env,
+    pair_params,
+    provision,
+    upload,
+)
 from tests.integration.test_gunicorn_end_to_end import blob_leftovers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -26,28 +36,16 @@ POLL_SECONDS = 0.05
 WITHIN_SECONDS = 1.0
 
 
-@pytest.fixture(
-    params=[
-        "sqlite+files",
-        pytest.param("mongodb+files", marks=pytest.mark.mongo),
-        pytest.param("sqlite+s3", marks=pytest.mark.minio),
-        pytest.param("mongodb+s3", marks=[pytest.mark.mongo, pytest.mark.minio]),
-    ]
-)
-def server(request: pytest.FixtureRequest, live_server: StartServer) -> Iterator[LiveServer]:
+@pytest.fixture(params=pair_params("sqlite+files", "mongodb+files", "sqlite+s3", "mongodb+s3"))
+def server(request: pytest.FixtureRequest, live_server: StartServer) -> Iterator[GunicornServer]:
     """Two gunicorn workers on the pair; stopped before its database and bucket go."""
-    database, storage = request.param.split("+")
-    env: dict[str, str] = {}
-    if database == "mongodb":
-        env["MEDIA_DATABASE_URL"] = request.getfixturevalue("mongo_database_url")
-    if storage == "s3":
-        env.update(request.getfixturevalue("real_s3_env"))
-    started = live_server(workers=2, env=env)
-    yield started
-    started.stop()
+    with ExitStack() as cleanup:
+        started = live_server(workers=2, env=pair_env(request.param, cleanup))
+        yield started
+        started.stop()
 
 
-def visible(http: requests.Session, server: LiveServer, tenant: Tenant, item_id: str) -> dict:
+def visible(http: requests.Session, server: GunicornServer, tenant: Tenant, item_id: str) -> dict:
     """What each way of seeing the item says right now: True while it is there."""
     info = http.get(f"{server.url}/v3/media/{item_id}/info", auth=tenant.basic, timeout=10)
     download = http.get(f"{server.url}/v3/media/{item_id}", auth=tenant.basic, timeout=10)
@@ -67,10 +65,10 @@ def visible(http: requests.Session, server: LiveServer, tenant: Tenant, item_id:
 
 
 def test_an_item_with_a_ttl_of_2_vanishes_at_its_expiry_and_the_sweep_removes_its_bytes(
-    server: LiveServer, tmp_path: Path
+    server: GunicornServer, tmp_path: Path
 ) -> None:
     tenant = provision(server, tmp_path / "keys")
-    with server.session() as http:
+    with http_session() as http:
         created = upload(http, server, b"here for two seconds", auth=tenant.basic, ttl="2")
         assert created.status_code == 201, created.text
         item = created.json()

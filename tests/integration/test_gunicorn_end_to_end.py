@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from realservers.gunicorn_server import GunicornServer
 from tests.integration.conftest import (
-    LiveServer,
     S3Endpoint,
     StartServer,
     Tenant,
+    http_session,
     launch,
     list_keys,
     payload,
@@ -35,7 +36,7 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module", params=["sqlite+files", "sqlite+s3-server"])
-def stack(request: pytest.FixtureRequest, module_live_server: StartServer) -> LiveServer:
+def stack(request: pytest.FixtureRequest, module_live_server: StartServer) -> GunicornServer:
     """A two-worker gunicorn on the embedded default, or with its blobs on a moto S3 server.
 
     Shared by the module's tests, with one CLI-provisioned tenant (below); a test that creates
@@ -48,7 +49,7 @@ def stack(request: pytest.FixtureRequest, module_live_server: StartServer) -> Li
     return module_live_server(workers=2, env=env)
 
 
-def blob_leftovers(server: LiveServer, item_id: str) -> list[str]:
+def blob_leftovers(server: GunicornServer, item_id: str) -> list[str]:
     """Stored bytes of `item_id` that are still in the server's blob store."""
     storage_url = server.env.get("MEDIA_STORAGE_URL")
     if storage_url is None:  # the embedded default: files under MEDIA_DATA_DIR/blobs
@@ -59,22 +60,22 @@ def blob_leftovers(server: LiveServer, item_id: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tenant(stack: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Tenant:
+def tenant(stack: GunicornServer, tmp_path_factory: pytest.TempPathFactory) -> Tenant:
     """An account and application provisioned on `stack` with the CLI, as an operator would."""
     return provision(stack, tmp_path_factory.mktemp("keys"))
 
 
-def test_full_lifecycle_over_http(stack: LiveServer, tenant: Tenant) -> None:
+def test_full_lifecycle_over_http(stack: GunicornServer, tenant: Tenant) -> None:
     """Upload -> info -> search -> download (whole, ranges) -> delete, as a client sees it."""
     check_full_lifecycle(stack, tenant)
 
 
-def test_update_over_http(stack: LiveServer, tenant: Tenant) -> None:
+def test_update_over_http(stack: GunicornServer, tenant: Tenant) -> None:
     """PUT (JSON and form) answers 204, or 200 with Prefer: return=representation; it sticks."""
     check_update(stack, tenant)
 
 
-def check_full_lifecycle(server: LiveServer, tenant: Tenant) -> None:
+def check_full_lifecycle(server: GunicornServer, tenant: Tenant) -> None:
     """Every endpoint but update once over HTTP; the tenant must own no other item.
 
     Also used by test_real_backends.py against MongoDB and a real S3 endpoint.
@@ -82,7 +83,7 @@ def check_full_lifecycle(server: LiveServer, tenant: Tenant) -> None:
     content = payload(2 * MiB + 17)
     info = json.dumps({"campaign": "spring", "n": 1})
 
-    with server.session() as http:
+    with http_session() as http:
         created = upload(
             http,
             server,
@@ -168,10 +169,10 @@ def check_full_lifecycle(server: LiveServer, tenant: Tenant) -> None:
     assert blob_leftovers(server, item_id) == []
 
 
-def check_update(server: LiveServer, tenant: Tenant) -> None:
+def check_update(server: GunicornServer, tenant: Tenant) -> None:
     """Update a private item's metadata three ways, then download it anonymously once public."""
     content = b"update me"
-    with server.session() as http:
+    with http_session() as http:
         # Uploaded with the application's token, so that token may update it as well as Basic.
         created = upload(http, server, content, headers=tenant.bearer, title="Before")
         assert created.status_code == 201, created.text
@@ -215,9 +216,9 @@ def check_update(server: LiveServer, tenant: Tenant) -> None:
             http.delete(info_url, auth=tenant.basic, timeout=15)
 
 
-def test_health_and_readiness(stack: LiveServer) -> None:
+def test_health_and_readiness(stack: GunicornServer) -> None:
     """/healthz says the process is alive; /readyz that the database and blob store answer."""
-    with stack.session() as http:
+    with http_session() as http:
         health = http.get(f"{stack.url}/healthz", timeout=10)
         assert health.status_code == 200 and health.json()["status"] == "ok"
         ready = http.get(f"{stack.url}/readyz", timeout=10)
@@ -236,7 +237,7 @@ def test_readiness_fails_when_the_bucket_is_missing(
             "AWS_ENDPOINT_URL_S3": moto_server.url,
         },
     )
-    with server.session() as http:
+    with http_session() as http:
         assert http.get(f"{server.url}/healthz", timeout=10).status_code == 200
         started = time.monotonic()
         ready = http.get(f"{server.url}/readyz", timeout=15)

@@ -11,11 +11,8 @@ import base64
 import http.client
 import json
 import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,18 +27,13 @@ from media_service.auth import generate_secret, hash_secret
 from media_service.backends import open_backends
 from media_service.settings import Settings
 from media_service.storage.interfaces import Account
-from realservers.process import free_port
+from realservers.gunicorn_server import GunicornServer
 from tests.observability.support import parse_metrics, value
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-GUNICORN = Path(sys.executable).parent / "gunicorn"
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
-# Variables of the developer's shell that would change the server under test.
-_DROPPED_PREFIXES = ("MEDIA_", "GUNICORN_", "PROMETHEUS_", "AWS_")
-_DROPPED = {"PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"}
 
 
 @dataclass
@@ -108,61 +100,20 @@ def _provision(data_dir: Path) -> tuple[str, str]:
     return "metricsacct", secret
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     """gunicorn with 3 workers that each retire after 25 requests, on a free loopback port."""
     data_dir = tmp_path / "var"
     api_key, api_secret = _provision(data_dir)
-    port = free_port()
     env = {
-        name: val
-        for name, val in os.environ.items()
-        if not name.startswith(_DROPPED_PREFIXES) and name not in _DROPPED
-    }
-    env.update(
-        PORT=str(port),
-        WEB_CONCURRENCY="3",
-        GUNICORN_THREADS="4",
         # Workers retire, so counts from processes that are gone must still be in the sum.
-        GUNICORN_MAX_REQUESTS="25",
-        MEDIA_DATA_DIR=str(data_dir),
-        TMPDIR=str(tmp_path),  # the metrics directory gunicorn creates goes here
-        PYTHONUNBUFFERED="1",
-    )
-    log = tmp_path / "app.out"
-    with log.open("wb") as out, (tmp_path / "gunicorn.err").open("wb") as err:
-        process = subprocess.Popen(
-            [str(GUNICORN), "--config", "config/gunicorn.conf.py", "app:app"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=err,
-        )
-    try:
-        running = Server(port, log, api_key, api_secret)
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, (tmp_path / "gunicorn.err").read_text()
-            try:
-                if running.request("GET", "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not answer /healthz in 30 s"
-            time.sleep(0.1)
-        yield running
-    finally:
-        _stop(process)
+        "GUNICORN_MAX_REQUESTS": "25",
+        "TMPDIR": str(tmp_path),  # the metrics directory gunicorn creates goes here
+    }
+    with GunicornServer(
+        data_dir, workers=3, threads=4, env=env, log_dir=tmp_path, startup_timeout=30
+    ) as running:
+        yield Server(running.port, running.stdout_path, api_key, api_secret)
 
 
 def test_request_counter_sums_over_every_worker(server: Server) -> None:

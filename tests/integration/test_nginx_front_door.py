@@ -27,17 +27,17 @@ from media_service.api.upload import FORM_OVERHEAD
 from media_service.auth.tokens import MAX_TOKEN_LENGTH
 from media_service.serving.limits import ReadLimits
 from media_service.settings import DEFAULT_MAX_UPLOAD_BYTES
+from realservers.gunicorn_server import REPO_ROOT, GunicornServer
+from realservers.process import free_port
 from tests.integration.conftest import (
     LOOPBACK,
-    REPO_ROOT,
-    LiveServer,
     StartServer,
     create_account,
-    free_port,
     http_session,
     payload,
     upload,
 )
+from tests.integration.conftest import split_answer as split
 from tests.problems import assert_problem
 
 NGINX_CONF = REPO_ROOT / "config" / "nginx" / "media.conf"
@@ -152,13 +152,13 @@ def start_nginx(
 
 
 @pytest.fixture(scope="module")
-def server(module_live_server: StartServer) -> LiveServer:
+def server(module_live_server: StartServer) -> GunicornServer:
     # One trusted hop, as in docker-compose.yml: the service reads the client from nginx.
     return module_live_server(workers=1, threads=4, env={"MEDIA_TRUSTED_PROXIES": "1"})
 
 
 @pytest.fixture(scope="module")
-def door(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
+def door(server: GunicornServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
     front = start_nginx(tmp_path_factory.mktemp("nginx"), server.port)
     try:
         yield front
@@ -173,16 +173,6 @@ def raw_exchange(port: int, request: bytes, source: str = LOOPBACK) -> bytes:
         while chunk := s.recv(65536):
             answer += chunk
     return answer
-
-
-def split(answer: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), headers, body
 
 
 # --- the config mirrors the service's limits ----------------------------------------------------
@@ -218,13 +208,12 @@ def test_nginx_accepts_the_config(tmp_path: Path) -> None:
 # --- through the front door ---------------------------------------------------------------------
 
 
-def test_round_trip_through_nginx(server: LiveServer, door: FrontDoor) -> None:
+def test_round_trip_through_nginx(server: GunicornServer, door: FrontDoor) -> None:
     api_key, api_secret = create_account(server)
     content = payload(3 * 1024 * 1024 + 17, seed=3)  # past client_body_buffer_size: a temp file
-    front = LiveServer(door.url, server.env, server.data_dir, server.process, *_logs(server))
     with http_session() as http:
         created = upload(
-            http, front, content, auth=(api_key, api_secret), headers={"X-Request-Id": "door-1"}
+            http, door, content, auth=(api_key, api_secret), headers={"X-Request-Id": "door-1"}
         )
         assert created.status_code == 201, created.text
         assert created.headers["X-Request-Id"] == "door-1"
@@ -239,11 +228,7 @@ def test_round_trip_through_nginx(server: LiveServer, door: FrontDoor) -> None:
         assert missing.headers["Content-Type"] == "application/problem+json"
 
 
-def _logs(server: LiveServer) -> tuple[Path, Path]:
-    return server.stdout_path, server.stderr_path
-
-
-def test_the_service_sees_the_real_client_address(server: LiveServer, door: FrontDoor) -> None:
+def test_the_service_sees_the_real_client_address(server: GunicornServer, door: FrontDoor) -> None:
     answer = raw_exchange(
         door.port,
         b"GET /healthz HTTP/1.1\r\nHost: media.test\r\nX-Request-Id: from-127-0-0-2\r\n"

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import requests
 
+from realservers.gunicorn_server import GunicornServer
 from tests.integration.conftest import (
-    LiveServer,
     StartServer,
     create_account,
     http_session,
@@ -50,7 +50,7 @@ SERVICE_HEADERS = (
 
 
 @pytest.fixture(scope="module")
-def servers(module_live_server: StartServer) -> tuple[LiveServer, LiveServer]:
+def servers(module_live_server: StartServer) -> tuple[GunicornServer, GunicornServer]:
     """(accel, plain): the same kind of server with offloading on and off."""
     accel = module_live_server(
         workers=1,
@@ -63,7 +63,7 @@ def servers(module_live_server: StartServer) -> tuple[LiveServer, LiveServer]:
 
 @pytest.fixture(scope="module")
 def door(
-    servers: tuple[LiveServer, LiveServer], tmp_path_factory: pytest.TempPathFactory
+    servers: tuple[GunicornServer, GunicornServer], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FrontDoor]:
     accel, _ = servers
     blob_root = (accel.data_dir / "blobs").resolve()
@@ -79,7 +79,7 @@ def door(
 
 
 @pytest.fixture(scope="module")
-def items(servers: tuple[LiveServer, LiveServer]) -> dict[str, Any]:
+def items(servers: tuple[GunicornServer, GunicornServer]) -> dict[str, Any]:
     """One public item with a download limit of 3 on each server, the same bytes and name."""
     made: dict[str, Any] = {}
     with http_session() as http:
@@ -106,7 +106,7 @@ def _get(url: str, headers: dict[str, str] | None = None) -> requests.Response:
 
 
 def _times_downloaded(item: dict[str, Any]) -> int:
-    server: LiveServer = item["server"]
+    server: GunicornServer = item["server"]
     info = _get(f"{server.url}/v3/media/{item['id']}/info", _basic(item["auth"]))
     assert info.status_code == 200
     return int(info.json()["times_downloaded"])
@@ -167,7 +167,7 @@ def test_nginx_sends_what_the_service_would(
 
 
 def test_a_limited_item_is_counted_once_per_download_through_nginx(
-    door: FrontDoor, servers: tuple[LiveServer, LiveServer]
+    door: FrontDoor, servers: tuple[GunicornServer, GunicornServer]
 ) -> None:
     accel, _ = servers
     auth = create_account(accel)
@@ -227,7 +227,7 @@ def test_the_accel_location_is_not_reachable_from_outside(
 
 
 def test_the_service_itself_sends_no_bytes(
-    servers: tuple[LiveServer, LiveServer], items: Any
+    servers: tuple[GunicornServer, GunicornServer], items: Any
 ) -> None:
     accel = items["accel"]
     got = _get(f"{accel['server'].url}/v3/media/{accel['id']}", _basic(accel["auth"]))

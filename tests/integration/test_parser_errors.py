@@ -13,7 +13,12 @@ from collections.abc import Callable
 import pytest
 
 from media_service.auth.tokens import MAX_TOKEN_LENGTH
-from tests.integration.conftest import LOOPBACK, LiveServer, StartServer
+from realservers.gunicorn_server import GunicornServer
+from tests.integration.conftest import (
+    LOOPBACK,
+    StartServer,
+    split_answer,
+)
 from tests.problems import assert_problem
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -22,12 +27,12 @@ Exchange = Callable[[bytes], tuple[int, dict[str, str], bytes]]
 
 
 @pytest.fixture(scope="module")
-def server(module_live_server: StartServer) -> LiveServer:
+def server(module_live_server: StartServer) -> GunicornServer:
     return module_live_server(workers=1, threads=2)
 
 
 @pytest.fixture
-def exchange(server: LiveServer) -> Exchange:
+def exchange(server: GunicornServer) -> Exchange:
     def send(request: bytes) -> tuple[int, dict[str, str], bytes]:
         with socket.create_connection((LOOPBACK, server.port), timeout=10) as sock:
             sock.sendall(request)
@@ -35,13 +40,7 @@ def exchange(server: LiveServer) -> Exchange:
             answer = b""
             while chunk := sock.recv(65536):
                 answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return int(status_line.split()[1]), headers, body
+        return split_answer(answer)
 
     return send
 

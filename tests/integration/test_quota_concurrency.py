@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from realservers.gunicorn_server import GunicornServer
 from tests.integration.conftest import (
-    LiveServer,
     StartServer,
     create_account,
-    fresh_mongo_database,
-    fresh_s3_env,
     http_session,
+    pair_env,
+    pair_params,
     payload,
     real_mongo_is_ferretdb,
     upload,
@@ -40,24 +40,18 @@ MAX_BYTES = 1_048_576  # 10 uploads of SIZE fit, 11 do not
 
 @dataclass
 class Hosts:
-    servers: tuple[LiveServer, LiveServer]
+    servers: tuple[GunicornServer, GunicornServer]
     owner: tuple[str, str]
     ferretdb: bool
 
 
 @pytest.fixture(
-    params=[
-        "sqlite+files",
-        pytest.param("mongodb+s3", marks=[pytest.mark.mongo, pytest.mark.minio]),
-    ],
+    params=pair_params("sqlite+files", "mongodb+s3"),
 )
 def hosts(request: pytest.FixtureRequest, live_server: StartServer) -> Iterator[Hosts]:
     with ExitStack() as cleanup:
         if request.param == "mongodb+s3":
-            env = {
-                "MEDIA_DATABASE_URL": cleanup.enter_context(fresh_mongo_database()),
-                **cleanup.enter_context(fresh_s3_env()),
-            }
+            env = pair_env(request.param, cleanup)
             first = live_server(workers=2, env=env)
             second = live_server(workers=2, env=env)
         else:
@@ -73,14 +67,14 @@ def hosts(request: pytest.FixtureRequest, live_server: StartServer) -> Iterator[
         first.stop()  # before the database is dropped
 
 
-def _upload(job: tuple[LiveServer, tuple[str, str], bytes]) -> tuple[int, dict]:
+def _upload(job: tuple[GunicornServer, tuple[str, str], bytes]) -> tuple[int, dict]:
     server, owner, content = job
     with http_session() as http:
         response = upload(http, server, content, auth=owner)
         return response.status_code, response.json()
 
 
-def _show(server: LiveServer, api_key: str) -> dict:
+def _show(server: GunicornServer, api_key: str) -> dict:
     return json.loads(server.cli("accounts", "show", "--api-key", api_key, "--json").stdout)
 
 

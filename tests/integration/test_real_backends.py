@@ -14,6 +14,7 @@ import hashlib
 import io
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,12 +23,15 @@ import yaml
 
 from media_service.backends import open_backends
 from media_service.settings import Settings
+from realservers.gunicorn_server import GunicornServer
 from tests import real_backends
 from tests.integration.conftest import (
-    LiveServer,
     StartServer,
     create_account,
     fresh_s3_env,
+    http_session,
+    pair_env,
+    pair_params,
     payload,
     provision,
     upload,
@@ -40,53 +44,44 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 MiB = 1024 * 1024
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("mongodb+files", marks=pytest.mark.mongo),
-        pytest.param("sqlite+s3", marks=pytest.mark.minio),
-        pytest.param("mongodb+s3", marks=[pytest.mark.mongo, pytest.mark.minio]),
-    ]
-)
-def real_stack(request: pytest.FixtureRequest, live_server: StartServer) -> Iterator[LiveServer]:
+@pytest.fixture(params=pair_params("mongodb+files", "sqlite+s3", "mongodb+s3"))
+def real_stack(
+    request: pytest.FixtureRequest, live_server: StartServer
+) -> Iterator[GunicornServer]:
     """Two gunicorn workers on the requested pair; skipped when a backend is not configured.
 
     The server is stopped here, before its database and bucket are removed.
     """
-    database, storage = request.param.split("+")
-    env: dict[str, str] = {}
-    if database == "mongodb":
-        env["MEDIA_DATABASE_URL"] = request.getfixturevalue("mongo_database_url")
-    if storage == "s3":
-        env.update(request.getfixturevalue("real_s3_env"))
-    server = live_server(workers=2, env=env)
-    yield server
-    server.stop()
+    with ExitStack() as cleanup:
+        server = live_server(workers=2, env=pair_env(request.param, cleanup))
+        yield server
+        server.stop()
 
 
-def test_full_lifecycle_on_real_backends(real_stack: LiveServer, tmp_path: Path) -> None:
+def test_full_lifecycle_on_real_backends(real_stack: GunicornServer, tmp_path: Path) -> None:
     """Upload -> info -> search -> download -> delete, with nothing left behind."""
     check_full_lifecycle(real_stack, provision(real_stack, tmp_path / "keys"))
 
 
-def test_update_on_real_backends(real_stack: LiveServer, tmp_path: Path) -> None:
+def test_update_on_real_backends(real_stack: GunicornServer, tmp_path: Path) -> None:
     """PUT updates stick on the real database."""
     check_update(real_stack, provision(real_stack, tmp_path / "keys"))
 
 
-def test_ready_on_real_backends(real_stack: LiveServer) -> None:
+def test_ready_on_real_backends(real_stack: GunicornServer) -> None:
     """/readyz reaches the real database and bucket."""
-    with real_stack.session() as http:
+    with http_session() as http:
         ready = http.get(f"{real_stack.url}/readyz", timeout=15)
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "blob_store": "ok", "disk": "ok"}
 
 
 def test_stopped_server_leaves_the_backends_usable_by_a_new_one(
-    live_server: StartServer, real_stack: LiveServer, tmp_path: Path
+    live_server: StartServer, real_stack: GunicornServer, tmp_path: Path
 ) -> None:
     """What one server process wrote, a freshly started one (same configuration) serves."""
     tenant = provision(real_stack, tmp_path / "keys")
-    with real_stack.session() as http:
+    with http_session() as http:
         created = upload(http, real_stack, b"survives restarts", auth=tenant.basic)
     assert created.status_code == 201, created.text
     item_id = created.json()["id"]
@@ -110,7 +105,7 @@ def test_stopped_server_leaves_the_backends_usable_by_a_new_one(
     if "MEDIA_DATABASE_URL" not in overrides:
         overrides["MEDIA_DATABASE_URL"] = f"sqlite:///{real_stack.data_dir / 'media.db'}"
     successor = live_server(workers=1, env=overrides)
-    with successor.session() as http:
+    with http_session() as http:
         got = http.get(f"{successor.url}/v3/media/{item_id}", auth=tenant.basic, timeout=30)
     assert got.status_code == 200 and got.content == b"survives restarts"
 
@@ -122,7 +117,7 @@ def test_large_multipart_upload_round_trips(live_server: StartServer, tmp_path: 
         server = live_server(workers=1, env={**env, "MEDIA_MAX_UPLOAD_BYTES": str(96 * MiB)})
         owner = create_account(server)
         content = payload(65 * MiB + 3, seed=9)
-        with server.session() as http:
+        with http_session() as http:
             created = upload(http, server, content, auth=owner)
             assert created.status_code == 201, created.text
             item = created.json()

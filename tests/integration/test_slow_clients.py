@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from realservers.gunicorn_server import GunicornServer
 from tests.integration.conftest import (
     LOOPBACK,
-    LiveServer,
     StartServer,
     create_account,
     http_session,
@@ -149,12 +149,12 @@ class Attack:
 
 
 @pytest.fixture
-def server(live_server: StartServer) -> LiveServer:
+def server(live_server: StartServer) -> GunicornServer:
     return live_server(workers=2, env=LIMIT_ENV)
 
 
 @pytest.fixture
-def attack(server: LiveServer) -> Iterator[Attack]:
+def attack(server: GunicornServer) -> Iterator[Attack]:
     api_key, api_secret = create_account(server)
     basic = "Basic " + base64.b64encode(f"{api_key}:{api_secret}".encode()).decode()
     campaign = Attack(server.port, basic)
@@ -170,7 +170,7 @@ def attack(server: LiveServer) -> Iterator[Attack]:
 
 
 def test_probes_answer_quickly_while_slow_clients_attack(
-    server: LiveServer, attack: Attack
+    server: GunicornServer, attack: Attack
 ) -> None:
     api_key, api_secret = create_account(server)
     time.sleep(HEADER_TIMEOUT / 2)  # every attacker is connected and trickling by now

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import io
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +22,8 @@ import pytest
 import requests
 from tusclient import client as tus_client
 
+from realservers.gunicorn_server import GunicornServer
 from tests.integration.conftest import (
-    LiveServer,
     S3Endpoint,
     StartServer,
     create_account,
@@ -116,7 +115,7 @@ def store_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
             yield {**base, **env, "MEDIA_DATABASE_URL": mongo_url}
 
 
-def tus(server: LiveServer, auth: tuple[str, str]) -> tus_client.TusClient:
+def tus(server: GunicornServer, auth: tuple[str, str]) -> tus_client.TusClient:
     token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     return tus_client.TusClient(
         f"{server.url}/v3/media/uploads", headers={"Authorization": f"Basic {token}"}
@@ -175,7 +174,9 @@ def test_tuspy_with_checksums(live_server: StartServer, store_env: dict[str, str
     assert item["etag"] == source.md5()
 
 
-def _create(http: requests.Session, server: LiveServer, auth: tuple[str, str], size: int) -> str:
+def _create(
+    http: requests.Session, server: GunicornServer, auth: tuple[str, str], size: int
+) -> str:
     response = http.post(
         f"{server.url}/v3/media/uploads",
         auth=auth,
@@ -267,14 +268,9 @@ def _settled_offset(http: requests.Session, url: str, auth: tuple[str, str]) -> 
     raise AssertionError("the offset never settled")
 
 
-def _kill(server: LiveServer) -> None:
+def _kill(server: GunicornServer) -> None:
     """SIGKILL the master and every worker: no handler runs, nothing is flushed."""
-    pids = server.worker_pids()
-    os.kill(server.process.pid, signal.SIGKILL)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    server.process.wait(10)
+    server.kill()
 
 
 def test_resume_after_the_server_is_sigkilled_and_restarted(
@@ -284,7 +280,7 @@ def test_resume_after_the_server_is_sigkilled_and_restarted(
     env = {**store_env, "MEDIA_RESUMABLE_LOCK_SECONDS": "1"}
     data_dir = tmp_path / "server"
     first = launch(data_dir, workers=1, env=env)
-    second: LiveServer | None = None
+    second: GunicornServer | None = None
     try:
         auth = create_account(first)
         source = PatternFile(size)
