@@ -46,7 +46,7 @@ def count_rates(directory: Path, seconds: float = 1.5) -> dict[str, float]:
     database = SqliteDatabase(directory / "count-probe.db")
     repository = SqliteMediaRepository(database)
     try:
-        repository.ensure_schema()
+        repository.prepare_database()
         now = datetime.now(UTC).replace(microsecond=0)
         item_id = str(uuid.uuid4())
         repository.insert(
@@ -57,7 +57,6 @@ def count_rates(directory: Path, seconds: float = 1.5) -> dict[str, float]:
                 original_file_name="probe.bin",
                 mime_type="application/octet-stream",
                 store_id="file",
-                store_key=item_id,
                 store_meta_params={},
                 max_downloads_allowed=1_000_000_000,
                 times_downloaded=0,

@@ -4,7 +4,7 @@ The database grows in stages: 100 k items of nine other accounts from the start,
 searched account's items added up to 10 k, 100 k and 1 M. Rows go in with bulk SQL in one
 transaction (executemany over the service's own schema and column list), not through HTTP;
 the secondary indexes are dropped for the load and recreated by the service's own
-`ensure_schema()`, which is much faster than a million random B-tree inserts into each.
+`prepare_database()`, which is much faster than a million random B-tree inserts into each.
 
 Every item is created within the last six days, inside the search's default one-week window:
 the default query matches all of the account's items, its worst case. At each stage the same
@@ -34,7 +34,7 @@ from bench.servers import Gunicorn
 from media_service.storage import records
 from media_service.storage.interfaces import SearchQuery, SearchScope
 from media_service.storage.sqlite import (
-    SCHEMA,
+    TABLES,
     SqliteDatabase,
     SqliteMediaRepository,
     search_filter,
@@ -127,10 +127,10 @@ class Loader:
             conn.execute("PRAGMA synchronous = OFF")
             conn.execute("PRAGMA cache_size = -512000")  # 512 MB
             conn.execute("BEGIN IMMEDIATE")
-            for index in _INDEX.findall(SCHEMA):
+            for index in _INDEX.findall(TABLES):
                 conn.execute(f"DROP INDEX IF EXISTS {index}")
             # Without its triggers the per-minute count table is rebuilt in one GROUP BY by
-            # ensure_schema() below, instead of being updated a million times during the load.
+            # prepare_database() below, instead of being updated a million times during the load.
             for (trigger,) in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'trigger'"
             ).fetchall():
@@ -141,7 +141,7 @@ class Loader:
             conn.close()
         database = SqliteDatabase(self.path, timeout=60)
         try:
-            database.ensure_schema()  # the service's own DDL recreates the indexes
+            database.prepare_database()  # the service's own DDL recreates the indexes
             database.fetch("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             database.close()
@@ -223,7 +223,7 @@ def run(ctx: RunContext) -> list[Figure]:
     data_dir = ctx.scratch("search")
     path = data_dir / "media.db"  # where the service puts it for MEDIA_DATA_DIR
     database = SqliteDatabase(path)
-    database.ensure_schema()
+    database.prepare_database()
     database.close()
     loader = Loader(path, datetime.now(UTC))
     paths = {

@@ -61,7 +61,6 @@ class MongoLoader:
                 original_file_name="clip.mp4",
                 mime_type="video/mp4",
                 store_id="file",
-                store_key="template",
                 store_meta_params={"filesize": "1048576"},
                 max_downloads_allowed=0,  # unlimited: no downloads_left field
                 times_downloaded=0,
@@ -87,7 +86,7 @@ class MongoLoader:
             doc = {"_id": item_id, **self.template}
             doc.update(
                 account_id=account,
-                store_key=item_id,
+                store_key=item_id,  # the stored blob key (records.STORE_KEY)
                 time_created=created,
                 time_last_updated=created,
                 time_content_modified=created,
@@ -131,7 +130,7 @@ def run(ctx: RunContext, url: str) -> list[Figure]:
     database = MongoDatabase.from_settings(settings)
     repository = MongoMediaRepository(database)
     try:
-        repository.ensure_schema()
+        repository.prepare_database()
         loader = MongoLoader(repository, datetime.now(UTC))
         latency: dict[str, dict[str, list[float]]] = {"first page": {}, "page 500": {}}
         paths = {

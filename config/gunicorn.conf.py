@@ -131,7 +131,7 @@ if _control_socket:
 else:
     control_socket_disable = True
 
-# --- Hooks (run in the master process) ------------------------------------------------------------
+# --- Hooks (in the master process; worker_exit and post_fork in the worker) ----------------------
 
 _METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # Remembers the directory this master created, in the environment rather than a module global:
@@ -188,6 +188,21 @@ def child_exit(server: object, worker: object) -> None:
     pid = getattr(worker, "pid", None)
     if pid is not None and os.environ.get(_METRICS_DIR):
         multiprocess.mark_process_dead(pid)
+
+
+def worker_exit(server: object, worker: object) -> None:
+    """In the worker, once it has stopped serving: close the app's database clients.
+
+    A worker that exits with its connections open leaves them to the interpreter's teardown,
+    in no particular order; closed here, SQLite checkpoints its WAL and MongoDB ends its
+    sessions before the process goes.
+    """
+    app = getattr(worker, "loaded_app", None)  # set by MediaThreadWorker.load_wsgi
+    if app is None:
+        return
+    from media_service.context import close_backends
+
+    close_backends(app)
 
 
 def on_exit(server: object) -> None:

@@ -13,7 +13,7 @@ from media_service.storage.interfaces import (
 )
 
 
-def open_backends(settings: Settings, *, ensure_schema: bool = True) -> Backends:
+def open_backends(settings: Settings, *, prepare_database: bool = True) -> Backends:
     """Build the blob store, media repository and credential store for `settings`."""
     blobs = _open_blob_store(settings)
     if settings.database_kind == "sqlite":
@@ -40,13 +40,13 @@ def open_backends(settings: Settings, *, ensure_schema: bool = True) -> Backends
         mongo = MongoDatabase.from_settings(settings)
         backends = Backends(
             blobs=blobs,
-            media=MongoMediaRepository.from_database(mongo),
-            credentials=MongoCredentialStore.from_database(mongo),
+            media=MongoMediaRepository(mongo),
+            credentials=MongoCredentialStore(mongo),
             closers=[mongo],
         )
-    if ensure_schema:
-        backends.media.ensure_schema()
-        backends.credentials.ensure_schema()
+    if prepare_database:
+        backends.media.prepare_database()
+        backends.credentials.prepare_database()
     return backends
 
 

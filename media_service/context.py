@@ -24,6 +24,13 @@ def install(app: Flask, state: AppState) -> None:
     app.extensions[EXTENSION_KEY] = state
 
 
+def close_backends(app: object) -> None:
+    """Close the clients of an app built by create_app (anything else is left alone)."""
+    if isinstance(app, Flask) and EXTENSION_KEY in app.extensions:
+        state: AppState = app.extensions[EXTENSION_KEY]
+        state.backends.close()
+
+
 def app_state() -> AppState:
     state: AppState = current_app.extensions[EXTENSION_KEY]
     return state

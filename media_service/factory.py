@@ -18,10 +18,10 @@ from media_service.api.openapi import MediaApi
 from media_service.api.tus import install_resumable
 from media_service.backends import describe, open_backends
 from media_service.context import AppState, install
+from media_service.database_setup import DatabaseSetup
 from media_service.errors import register_error_handlers
 from media_service.observability import init_observability, instrument
 from media_service.observability.metrics import observe_disk_free
-from media_service.schema_guard import SchemaGuard
 from media_service.service.disk import DiskGuard
 from media_service.service.media import MediaService
 from media_service.settings import Settings
@@ -69,9 +69,9 @@ def create_app(settings: Settings | None = None, *, backends: Backends | None = 
     """Build the app; the environment is read only when no settings are given."""
     settings = settings if settings is not None else Settings.from_env()
     settings.validate()
-    backends = backends if backends is not None else open_backends(settings, ensure_schema=False)
-    schema = SchemaGuard(backends)
-    schema.try_now()
+    backends = backends if backends is not None else open_backends(settings, prepare_database=False)
+    database = DatabaseSetup(backends)
+    database.try_now()
 
     app = MediaFlask("media_service")
     app.config.update(
@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None, *, backends: Backends | None = 
     install_resumable(app)
     register_error_handlers(app)  # after Api(): replaces smorest's JSON error handler
     _install_request_ids(app)
-    _install_schema_check(app, schema)
+    _install_database_check(app, database)
     init_observability(app, settings)
 
     log.info(
@@ -142,15 +142,15 @@ _NO_DATABASE_ENDPOINTS = frozenset(
 )
 
 
-def _install_schema_check(app: Flask, schema: SchemaGuard) -> None:
+def _install_database_check(app: Flask, database: DatabaseSetup) -> None:
     @app.before_request
-    def _schema_ready() -> None:
+    def _database_ready() -> None:
         endpoint = request.endpoint or ""
         if endpoint in _NO_DATABASE_ENDPOINTS or endpoint.startswith(
             ("docs", "api-docs", "console.")
         ):
             return
-        schema.require()
+        database.require()
 
 
 def _install_request_ids(app: Flask) -> None:

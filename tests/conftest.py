@@ -110,7 +110,7 @@ def _botocore_loader() -> Any:
 
 @contextlib.contextmanager
 def open_pair(pair: str, settings: Settings) -> Iterator[Backends]:
-    """The backends of `pair` (one of BACKEND_PAIRS), schema in place; closed afterwards.
+    """The backends of `pair` (one of BACKEND_PAIRS), tables in place; closed afterwards.
 
     The mongomock-moto pair needs the fake AWS environment (`sandbox_aws`) around it.
     """
@@ -133,8 +133,7 @@ def _sqlite_files(settings: Settings) -> Iterator[Backends]:
     try:
         yield backends
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 @contextlib.contextmanager
@@ -165,11 +164,11 @@ def mongomock_moto(
             blobs=S3BlobStore(
                 client, "media-test", "items/", presign_client=make_client() if presign else None
             ),
-            media=MongoMediaRepository.from_database(database),
-            credentials=MongoCredentialStore.from_database(database),
+            media=MongoMediaRepository(database),
+            credentials=MongoCredentialStore(database),
         )
-        backends.media.ensure_schema()
-        backends.credentials.ensure_schema()
+        backends.media.prepare_database()
+        backends.credentials.prepare_database()
         yield backends
 
 

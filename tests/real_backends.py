@@ -142,8 +142,7 @@ def open_real_pair(settings: Settings) -> Iterator[Backends]:
         stack.callback(empty_prefix, S3_BUCKET, f"{prefix}/")
         stack.enter_context(real_server_env())
         backends = open_backends(real)
-        for closer in backends.closers:
-            stack.callback(closer.close)  # type: ignore[attr-defined]
+        stack.callback(backends.close)
         stack.callback(getattr(backends.blobs, "close", lambda: None))
         yield backends
 

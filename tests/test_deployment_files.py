@@ -651,8 +651,9 @@ def app(environ, start_response):
 """
 
 
-def _gunicorn(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
-    (tmp_path / "stub_app.py").write_text(STUB_APP)
+def _gunicorn(tmp_path: Path, app: str = STUB_APP, **env: str) -> subprocess.Popen[str]:
+    """gunicorn with the config file serving `app` (the source of a module's `app`)."""
+    (tmp_path / "stub_app.py").write_text(app)
     return subprocess.Popen(
         [
             sys.executable,
@@ -669,6 +670,32 @@ def _gunicorn(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _terminate(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM gunicorn, wait for its exit (killing it if it hangs); its stderr."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _first_answer(proc: subprocess.Popen[str], url: str) -> bytes:
+    """The body of the first answer to GET `url`, retried while gunicorn boots (30 s at most)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with opener.open(url, timeout=5) as response:
+                body: bytes = response.read()
+                return body
+        except OSError:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "gunicorn did not answer within 30 s"
+            time.sleep(0.1)
 
 
 @pytest.mark.integration
@@ -700,27 +727,13 @@ def test_gunicorn_serves_with_the_config(tmp_path: Path) -> None:
         GUNICORN_THREADS="2",
         MEDIA_DATA_DIR=str(tmp_path / "var"),
     )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with opener.open(f"http://127.0.0.1:{port}/", timeout=5) as response:
-                    metrics_dir = response.read().decode()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.communicate()[1]
-                assert time.monotonic() < deadline, "gunicorn did not answer within 30 s"
-                time.sleep(0.1)
+        metrics_dir = _first_answer(proc, f"http://127.0.0.1:{port}/").decode()
         # Workers inherit the directory the master created before forking.
         assert metrics_dir and Path(metrics_dir).parent == tmp_path
         assert Path(metrics_dir).is_dir()
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stderr = _terminate(proc)
     assert proc.returncode == 0, stderr
     assert "Using worker: media_service.serving.worker.MediaThreadWorker" in stderr
     assert not Path(metrics_dir).exists()  # on_exit cleaned up after itself
@@ -761,3 +774,96 @@ def test_post_fork_fixes_mallocs_mmap_threshold(monkeypatch: pytest.MonkeyPatch)
     conf = load_gunicorn_conf(monkeypatch, GUNICORN_MALLOC_MMAP_THRESHOLD="0")
     conf["post_fork"](None, None)
     assert calls == []
+
+
+# --- worker_exit: a worker closes its app's clients -------------------------------------------
+
+CLOSING_APP = """
+import os
+
+from media_service import create_app
+from media_service.storage.interfaces import Backends
+
+_close = Backends.close
+
+
+def close(self):
+    _close(self)
+    with open(os.environ["CLOSED_LOG"], "a") as log:
+        log.write(f"{os.getpid()}\\n")
+
+
+Backends.close = close
+app = create_app()
+"""
+
+
+def test_worker_exit_closes_the_apps_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once closed, the last connection to the SQLite file is gone: SQLite checkpoints the WAL
+    and removes it."""
+    import types
+
+    from media_service.factory import create_app
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings(tmp_path))
+    with app.test_client() as client:
+        assert client.get("/v3/media", headers={"Authorization": "Basic eDp5"}).status_code == 401
+    wal = tmp_path / "media.db-wal"
+    assert wal.exists()
+    conf = load_gunicorn_conf(monkeypatch)
+    conf["worker_exit"](None, types.SimpleNamespace(loaded_app=app))
+    assert not wal.exists()
+    conf["worker_exit"](None, types.SimpleNamespace())  # a worker that never loaded the app
+    conf["worker_exit"](None, types.SimpleNamespace(loaded_app=object()))  # not ours: left alone
+
+
+def test_closing_the_backends_tries_every_client() -> None:
+    from media_service.storage.interfaces import Backends
+
+    closed: list[str] = []
+
+    class Client:
+        def __init__(self, name: str, fails: bool = False) -> None:
+            self.name, self.fails = name, fails
+
+        def close(self) -> None:
+            closed.append(self.name)
+            if self.fails:
+                raise OSError(f"{self.name} would not close")
+
+    backends = Backends(
+        blobs=None,  # type: ignore[arg-type]
+        media=None,  # type: ignore[arg-type]
+        credentials=None,  # type: ignore[arg-type]
+        closers=[Client("first", fails=True), Client("second")],
+    )
+    with pytest.raises(OSError, match="first would not close"):
+        backends.close()
+    assert closed == ["second", "first"]  # last opened first, and each one tried
+
+
+@pytest.mark.integration
+def test_gunicorn_workers_close_their_backends_on_exit(tmp_path: Path) -> None:
+    closed_log = tmp_path / "closed.log"
+    port = free_port()
+    proc = _gunicorn(
+        tmp_path,
+        CLOSING_APP,
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        WEB_CONCURRENCY="2",
+        GUNICORN_THREADS="2",
+        MEDIA_DATA_DIR=str(tmp_path / "var"),
+        CLOSED_LOG=str(closed_log),
+    )
+    try:
+        assert b'"status"' in _first_answer(proc, f"http://127.0.0.1:{port}/healthz")
+    finally:
+        stderr = _terminate(proc)
+    assert proc.returncode == 0, stderr
+    assert "Exception during worker exit" not in stderr
+    workers = {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", stderr)}
+    assert len(workers) == 2
+    assert {int(line) for line in closed_log.read_text().split()} == workers

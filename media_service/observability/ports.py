@@ -1,18 +1,22 @@
-"""Time every call of the three ports and count the ones that raise, without changing them.
+"""Time every call of the three ports and count the ones that raise; the adapters stay themselves.
 
-`instrument(backends)` wraps each port in a transparent proxy: attributes read and written
-through it reach the adapter itself, return values are handed back as they are (a file blob
-store's stream keeps its `.file` for sendfile), and exceptions propagate unchanged.
+`instrument(backends)` times each adapter in place: every public method of its class gets a
+timed twin in the instance's own attributes, which calls whatever the class holds at the time
+(so a test that patches the class is still timed). The adapter stays itself — same object, same
+type, `isinstance` and attribute writes as before — return values are handed back as they are (a
+file blob store's stream keeps its `.file` for sendfile), and exceptions propagate unchanged. A
+call an adapter makes on itself is not timed again: only the outermost call of a port counts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import inspect
+import threading
 import types
 from collections.abc import Callable, Generator
 from time import perf_counter
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from werkzeug.exceptions import HTTPException
 
@@ -28,89 +32,72 @@ CREDENTIAL_STORE = "credential_store"
 
 
 def instrument(backends: Backends) -> Backends:
-    """The same backends, each port wrapped in an `InstrumentedPort` (idempotent)."""
-    return dataclasses.replace(
-        backends,
-        blobs=_wrap(backends.blobs, BLOB_STORE),
-        media=_wrap(backends.media, MEDIA_REPOSITORY),
-        credentials=_wrap(backends.credentials, CREDENTIAL_STORE),
-    )  # `closers` is the same list: shutting down closes the real clients
+    """Time the calls of each port of `backends`, in place (idempotent); return `backends`."""
+    instrument_port(backends.blobs, BLOB_STORE)
+    instrument_port(backends.media, MEDIA_REPOSITORY)
+    instrument_port(backends.credentials, CREDENTIAL_STORE)
+    return backends
 
 
-def _wrap(target: T, port: str) -> T:
-    if isinstance(target, InstrumentedPort):
-        return target
-    return cast(T, InstrumentedPort(target, port))
+def instrument_port(adapter: object, port: str) -> None:
+    """Give each public method of `adapter`'s class a timed twin on the adapter itself."""
+    own = getattr(adapter, "__dict__", None)
+    if own is None:
+        return  # nothing to time, nowhere to put it (an instance with __slots__)
+    cls = type(adapter)
+    busy = threading.local()  # in a timed call of this adapter, on this thread
+    for name in dir(cls):
+        if name.startswith("_") or not _is_operation(inspect.getattr_static(cls, name)):
+            continue
+        present = own.get(name)
+        if present is not None and hasattr(present, "__instrumented__"):
+            continue  # timed already
+        # A function set on the instance (a test's patch) is what gets timed; else the class's.
+        method = present if callable(present) else _from_class(adapter, cls, name)
+        own[name] = _timed(port, name, method, busy)
 
 
-class InstrumentedPort:
-    """A proxy for one adapter that records each public method call in the backend metrics."""
-
-    __slots__ = ("_port", "_target", "_timed")
-
-    def __init__(self, target: object, port: str) -> None:
-        object.__setattr__(self, "_target", target)
-        object.__setattr__(self, "_port", port)
-        # name -> (the function behind it, its timed wrapper): built on first use, not per call
-        object.__setattr__(self, "_timed", {})
-
-    @property
-    def wrapped(self) -> object:
-        """The adapter behind the proxy."""
-        return self._target
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._target, name)
-        if name.startswith("_") or not _is_operation(value, self._target):
-            return value
-        # A bound method is new on every read; what it calls is not, unless it was replaced
-        # (a test's monkeypatch), and then so is the wrapper.
-        function = getattr(value, "__func__", value)
-        cached = self._timed.get(name)
-        if cached is not None and cached[0] is function:
-            return cached[1]
-        timed = _timed(self._port, name, value)
-        self._timed[name] = (function, timed)
-        return timed
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Through to the adapter, so that configuring (or monkeypatching) the proxy configures
-        # the adapter; a timed method read back from a proxy goes back as the original.
-        setattr(self._target, name, getattr(value, "__instrumented__", value))
-
-    def __delattr__(self, name: str) -> None:
-        delattr(self._target, name)
-
-    def __dir__(self) -> list[str]:
-        return sorted(set(dir(self._target)) | {"wrapped"})
-
-    def __repr__(self) -> str:
-        return f"<instrumented {self._port} {self._target!r}>"
+def _is_operation(attribute: object) -> bool:
+    # The class's own methods (and static ones); not classmethods, properties or data.
+    return isinstance(attribute, types.FunctionType | staticmethod)
 
 
-def _is_operation(value: object, target: object) -> bool:
-    # The adapter's own methods, and functions set on it (a test's monkeypatched failure).
-    # Not classmethods, properties' values, or callable helpers it holds (a pymongo Database
-    # is callable, and must come back as itself).
-    if isinstance(value, types.MethodType):
-        return value.__self__ is target
-    return isinstance(value, types.FunctionType)
+def _from_class(adapter: object, cls: type, name: str) -> Callable[..., Any]:
+    """What `adapter.name` would be without its timed twin, looked up at every call."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        for klass in cls.__mro__:
+            if name in vars(klass):
+                attribute = vars(klass)[name]
+                get = getattr(type(attribute), "__get__", None)
+                bound = attribute if get is None else get(attribute, adapter, cls)
+                return bound(*args, **kwargs)
+        raise AttributeError(f"{cls.__name__!r} object has no attribute {name!r}")
+
+    return functools.wraps(inspect.getattr_static(cls, name))(call)
 
 
-def _timed(port: str, operation: str, method: Callable[..., Any]) -> Callable[..., Any]:
+def _timed(
+    port: str, operation: str, method: Callable[..., Any], busy: threading.local
+) -> Callable[..., Any]:
     duration = metrics().backend_duration.labels(port, operation)  # bound once, not per call
 
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
+        if getattr(busy, "active", False):
+            return method(*args, **kwargs)  # the adapter calling itself: timed outside
         started = perf_counter()
+        busy.active = True
         try:
             result = method(*args, **kwargs)
         except BaseException as error:
             _observe(port, operation, perf_counter() - started, error)
             raise
+        finally:
+            busy.active = False
         if isinstance(result, types.GeneratorType):
             # A generator does its backend work as it is iterated, not when it is created.
-            return _timed_generator(result, port, operation, perf_counter() - started)
+            return _timed_generator(result, port, operation, perf_counter() - started, busy)
         duration.observe(perf_counter() - started)
         return result
 
@@ -119,13 +106,19 @@ def _timed(port: str, operation: str, method: Callable[..., Any]) -> Callable[..
 
 
 def _timed_generator(
-    inner: Generator[T, None, None], port: str, operation: str, elapsed: float
+    inner: Generator[T, None, None],
+    port: str,
+    operation: str,
+    elapsed: float,
+    busy: threading.local,
 ) -> Generator[T, None, None]:
     """Yield what `inner` yields; record the time spent inside it, not the consumer's time."""
     error: BaseException | None = None
     try:
         while True:
             started = perf_counter()
+            nested = getattr(busy, "active", False)
+            busy.active = True
             try:
                 item = next(inner)
             except StopIteration:
@@ -134,6 +127,7 @@ def _timed_generator(
                 error = exc
                 raise
             finally:
+                busy.active = nested
                 elapsed += perf_counter() - started
             yield item
     finally:

@@ -163,7 +163,7 @@ def backfill(
             after = item.id  # failed items stay unexamined: move past them, not round again
             counts["examined"] += 1
             try:
-                facts = probe_blob(blobs, item.store_key, item.media_size)
+                facts = probe_blob(blobs, item.id, item.media_size)
             except Exception as error:  # noqa: BLE001 - one unreadable item never stops the run
                 log.warning("audio facts of %s not read: %s", item.id, error)
                 counts["failed"] += 1

@@ -276,7 +276,6 @@ class MediaService:
             original_file_name=file_name or "",
             mime_type=DEFAULT_MIME_TYPE,
             store_id=self.blobs.store_id,
-            store_key=item_id,
             store_meta_params={},
             max_downloads_allowed=0,
             times_downloaded=0,
@@ -435,7 +434,7 @@ class MediaService:
             raise NotFound("No media item with that id.")
         # From here the item is invisible; if either step fails the sweeper finishes the job.
         try:
-            self.blobs.delete(item.store_key)
+            self.blobs.delete(item.id)
             self.media.remove(item_id)
         except StorageError as error:
             log.warning("delete of %s left to the sweeper: %s", item_id, error)
@@ -470,7 +469,7 @@ class MediaService:
     def open_content(self, item: MediaItem, start: int, length: int) -> BlobStream:
         """Open the item's bytes; 404 if it was deleted since `item` was read, 503 if lost."""
         try:
-            return self.blobs.open(item.store_key, start, length)
+            return self.blobs.open(item.id, start, length)
         except BlobNotFound:
             raise self._missing_content(item) from None
 
@@ -488,7 +487,7 @@ class MediaService:
         """A URL of the item's bytes on S3, valid for MEDIA_DOWNLOAD_REDIRECT_TTL seconds."""
         store = cast(PresigningBlobStore, self.blobs)  # Settings.validate: presigned means S3
         return store.presigned_url(
-            item.store_key,
+            item.id,
             self.settings.download_redirect_ttl,
             response_headers=response_headers,
             byte_range=byte_range,
@@ -497,11 +496,11 @@ class MediaService:
     def accel_path(self, item: MediaItem) -> str:
         """The item's file below the file store's root, for nginx's X-Accel-Redirect."""
         store = cast(LocalBlobStore, self.blobs)  # Settings.validate: accel means files
-        return store.relative_path(item.store_key)
+        return store.relative_path(item.id)
 
     def _missing_content(self, item: MediaItem) -> ApiError:
         current = self._live(self.media.get(item.id))
-        if current is None or current.store_key != item.store_key:
+        if current is None:
             # Deleted between the metadata read and the blob open (a delete removes the bytes
             # once the tombstone hides the item): what a request after the delete answers.
             return NotFound("No media item with that id.")
@@ -511,9 +510,8 @@ class MediaService:
         # putting the bytes back; a 404 would tell clients to forget an item that is still
         # listed, and would hide the fault among ordinary misses. The sweeper counts these.
         log.error(
-            "media item %s is ready but its content (blob %s) is missing from the %s store",
+            "media item %s is ready but its content is missing from the %s store",
             item.id,
-            item.store_key,
             self.blobs.store_id,
         )
         return ContentUnavailable()

@@ -70,27 +70,22 @@ def sweep(
     report = SweepReport()
     cutoff = now - grace
     stale_cutoff = now - (grace if stale is None else stale)
-    abort_uploads_of = getattr(backends.blobs, "abort_uploads_of", None)
-    heal_counts = getattr(backends.media, "heal_counts", None)
-    if heal_counts is not None:  # before removing items: their marks go with them
-        try:
-            report.counts_healed = heal_counts(now)
-        except StorageError as error:
-            report.errors += 1
-            log.warning("sweeper could not heal search counts: %s", error)
-    heal_quotas = getattr(backends.media, "heal_quotas", None)
-    if heal_quotas is not None:
-        try:
-            report.quotas_healed = heal_quotas(now, stale_cutoff)
-        except StorageError as error:
-            report.errors += 1
-            log.warning("sweeper could not heal quota reservations: %s", error)
+    try:  # before removing items: their marks go with them
+        report.counts_healed = backends.media.heal_counts(now)
+    except StorageError as error:
+        report.errors += 1
+        log.warning("sweeper could not heal search counts: %s", error)
+    try:
+        report.quotas_healed = backends.media.heal_quotas(now, stale_cutoff)
+    except StorageError as error:
+        report.errors += 1
+        log.warning("sweeper could not heal quota reservations: %s", error)
     _remove_expired(backends, now, report)  # first: a delete that fails midway is finished below
     for item in backends.media.iter_hidden(older_than=stale_cutoff):
         try:
-            if item.state is ItemState.PENDING and abort_uploads_of is not None:
-                abort_uploads_of(item.store_key)  # its parts, if it died mid-transfer
-            backends.blobs.delete(item.store_key)
+            if item.state is ItemState.PENDING:
+                backends.blobs.abort_uploads_of(item.id)  # its parts, if it died mid-transfer
+            backends.blobs.delete(item.id)
             backends.media.remove(item.id)
         except StorageError as error:
             report.errors += 1
@@ -108,7 +103,7 @@ def sweep(
         candidates = [b for b in batch if b.last_modified <= cutoff]
         if not candidates:
             continue
-        referenced = backends.media.ids_with_keys([b.key for b in candidates])
+        referenced = backends.media.referenced_keys([b.key for b in candidates])
         for blob in candidates:
             if blob.key in referenced:
                 continue
@@ -120,7 +115,7 @@ def sweep(
                 log.warning("sweeper could not remove blob %s: %s", blob.key, error)
 
     for item in backends.media.iter_ready(older_than=cutoff):
-        if item.store_key in listed:
+        if item.id in listed:
             continue
         try:
             if _blob_is_lost(backends, item):
@@ -130,14 +125,10 @@ def sweep(
             log.warning("sweeper could not check the blob of %s: %s", item.id, error)
 
     # Partial uploads: whatever no document names any more (the dead PENDING ones went above).
-    named = backends.media.ids_with_keys
+    named = backends.media.referenced_keys
     try:
-        remove_stale_temp = getattr(backends.blobs, "remove_stale_temp", None)
-        if remove_stale_temp is not None:
-            remove_stale_temp(referenced=named)
-        abort_stale_uploads = getattr(backends.blobs, "abort_stale_uploads", None)
-        if abort_stale_uploads is not None:
-            abort_stale_uploads(stale_cutoff, named)
+        backends.blobs.remove_stale_temp(referenced=named)
+        backends.blobs.abort_stale_uploads(stale_cutoff, named)
     except StorageError as error:
         report.errors += 1
         log.warning("sweeper could not remove partial uploads: %s", error)
@@ -157,7 +148,7 @@ def _remove_expired(backends: Backends, now: datetime, report: SweepReport) -> N
                 tombstone = backends.media.mark_deleting(item.id, expired_by=now)
                 if tombstone is None:
                     continue  # deleted (or changed) meanwhile
-                backends.blobs.delete(tombstone.store_key)
+                backends.blobs.delete(tombstone.id)
                 backends.media.remove(item.id)
             except StorageError as error:
                 # A tombstone left behind is finished below, as any interrupted delete.
@@ -177,17 +168,16 @@ def _blob_is_lost(backends: Backends, item: MediaItem) -> bool:
     loss: the blob is opened (zero bytes) and the item read again before anything is said.
     """
     try:
-        backends.blobs.open(item.store_key, 0, 0).close()
+        backends.blobs.open(item.id, 0, 0).close()
         return False  # written after the listing
     except BlobNotFound:
         pass
     current = backends.media.get(item.id)
-    if current is None or current.store_key != item.store_key:
+    if current is None:
         return False  # deleted meanwhile
     log.error(
-        "media item %s is ready but its content (blob %s) is missing from the %s store",
+        "media item %s is ready but its content is missing from the %s store",
         item.id,
-        item.store_key,
         backends.blobs.store_id,
     )
     return True

@@ -321,6 +321,7 @@ class MediaThreadWorker(gthread.ThreadWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         app: Any = getattr(self, "wsgi")  # noqa: B009 - set by load_wsgi, untyped in gunicorn
+        self.loaded_app = app  # the app itself, for worker_exit (gunicorn.conf.py)
 
         def offer_rate_floor(environ: dict[str, Any], start_response: Any) -> Any:
             unreader = getattr(self._current, "unreader", None)

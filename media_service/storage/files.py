@@ -218,6 +218,16 @@ class FileBlobStore:
         modified = datetime.fromtimestamp(st.st_mtime, tz=UTC)
         return BlobInfo(key=entry.name, size=st.st_size, last_modified=modified)
 
+    def abort_uploads_of(self, key: str) -> int:
+        """Nothing in flight but temp files, which remove_stale_temp finds: a no-op."""
+        return 0
+
+    def abort_stale_uploads(
+        self, older_than: datetime, referenced: Callable[[list[str]], set[str]]
+    ) -> int:
+        """No multipart uploads here: a no-op."""
+        return 0
+
     def remove_stale_temp(
         self,
         older_than_seconds: float = 3600,

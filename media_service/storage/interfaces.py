@@ -6,9 +6,10 @@ failures into the exceptions defined here (`BackendUnavailable`, `BlobNotFound`,
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -71,7 +72,7 @@ class AudioFacts:
 
 @dataclass(frozen=True, slots=True)
 class MediaItem:
-    """One media item's metadata document (the bytes live in a blob store under `store_key`)."""
+    """One media item's metadata document (the bytes live in a blob store under its `id`)."""
 
     id: str
     account_id: str
@@ -79,7 +80,6 @@ class MediaItem:
     original_file_name: str
     mime_type: str
     store_id: str
-    store_key: str
     store_meta_params: dict[str, str]
     max_downloads_allowed: int
     times_downloaded: int
@@ -302,6 +302,31 @@ class BlobStore(Protocol):
         """Every blob under this store's prefix (the sweeper looks for unreferenced ones)."""
         ...
 
+    # What interrupted uploads leave behind: the file store's temp files, S3's open multipart
+    # uploads. Each store has one kind; the other's method is a no-op there, so that the
+    # sweeper calls both on any store. `referenced` answers which of these keys a document
+    # names (MediaRepository.referenced_keys): what no document names is dead.
+
+    def abort_uploads_of(self, key: str) -> int:
+        """Drop what a dead upload of `key` left in flight (S3: its open multipart uploads);
+        return how many."""
+        ...
+
+    def remove_stale_temp(
+        self,
+        older_than_seconds: float = 3600,
+        referenced: Callable[[list[str]], set[str]] | None = None,
+    ) -> int:
+        """Delete the temp files of dead uploads (file store); return how many."""
+        ...
+
+    def abort_stale_uploads(
+        self, older_than: datetime, referenced: Callable[[list[str]], set[str]]
+    ) -> int:
+        """Abort the open multipart uploads of dead uploads started before `older_than` (S3);
+        return how many."""
+        ...
+
     def ping(self) -> None:
         """Raise BackendUnavailable unless the store is reachable (for /readyz)."""
         ...
@@ -340,7 +365,7 @@ class LocalBlobStore(Protocol):
 class MediaRepository(Protocol):
     """Metadata documents. Every method is one atomic operation on the database."""
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         """Create tables/collections and indexes if missing (idempotent; run at start-up)."""
         ...
 
@@ -417,8 +442,15 @@ class MediaRepository(Protocol):
         through an index on expiry (the sweeper removes them as it goes)."""
         ...
 
-    def ids_with_keys(self, store_keys: list[str]) -> set[str]:
-        """Which of these store keys belong to any document, whatever its state."""
+    def heal_counts(self, now: datetime) -> int:
+        """Settle the search-count changes of writers that died midway; return how many.
+
+        A no-op on a repository whose counts change atomically with the items (SQLite's
+        triggers)."""
+        ...
+
+    def referenced_keys(self, keys: list[str]) -> set[str]:
+        """Which of these blob keys belong to any document, whatever its state."""
         ...
 
     def usage(self, account_id: str | None = None) -> list[Usage]:
@@ -472,7 +504,7 @@ class MediaRepository(Protocol):
 class CredentialStore(Protocol):
     """Accounts (API key + hashed secret) and applications (public keys)."""
 
-    def ensure_schema(self) -> None: ...
+    def prepare_database(self) -> None: ...
 
     def add_account(self, account: Account) -> None:
         """Raises AlreadyExists for a known api_key."""
@@ -523,6 +555,12 @@ class CredentialStore(Protocol):
         ...
 
 
+class Closable(Protocol):
+    """A client the backends opened (a database, its connections): closed on shutdown."""
+
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Backends:
     """The ports wired for one app (or one CLI run)."""
@@ -530,4 +568,11 @@ class Backends:
     blobs: BlobStore
     media: MediaRepository
     credentials: CredentialStore
-    closers: list[object] = field(default_factory=list)  # clients to close on shutdown
+    closers: list[Closable] = field(default_factory=list)  # what close() closes
+
+    def close(self) -> None:
+        """Close every client, last opened first; one that fails does not keep the others open
+        (the first error is raised once all have been tried). A later call on a port reopens."""
+        with contextlib.ExitStack() as stack:
+            for closer in self.closers:
+                stack.callback(closer.close)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,7 +23,7 @@ from pymongo.errors import (
 )
 
 from media_service.settings import Settings
-from media_service.storage import mongo_counts, records
+from media_service.storage import forksafe, mongo_counts, records
 from media_service.storage.interfaces import (
     Account,
     AlreadyExists,
@@ -54,16 +52,31 @@ _EXPIRY_ORDER = [("expires_at", ASCENDING), ("_id", ASCENDING)]
 # Server error codes that mean "not now" rather than "wrong request": network trouble, elections,
 # shutdowns, time limits, and credentials the server refuses (an operator must act; callers get
 # a 503 meanwhile rather than a 500).
-_UNAVAILABLE_CODES = frozenset(
-    {6, 7, 13, 18, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
-)
+# Names as in the server's src/mongo/base/error_codes.yml.
+UNAVAILABLE_CODES: dict[int, str] = {
+    6: "HostUnreachable",
+    7: "HostNotFound",
+    13: "Unauthorized",
+    18: "AuthenticationFailed",
+    50: "MaxTimeMSExpired",
+    89: "NetworkTimeout",
+    91: "ShutdownInProgress",
+    189: "PrimarySteppedDown",
+    262: "ExceededTimeLimit",
+    9001: "SocketException",
+    10107: "NotWritablePrimary",
+    11600: "InterruptedAtShutdown",
+    11602: "InterruptedDueToReplStateChange",
+    13435: "NotPrimaryNoSecondaryOk",
+    13436: "NotPrimaryOrSecondary",
+}
 
 
 def _unavailable(exc: PyMongoError) -> bool:
     if exc.timeout or isinstance(exc, ConnectionFailure | ExecutionTimeout | WriteConcernError):
         return True
     return isinstance(exc, OperationFailure) and (
-        exc.code in _UNAVAILABLE_CODES or exc.has_error_label("RetryableWriteError")
+        exc.code in UNAVAILABLE_CODES or exc.has_error_label("RetryableWriteError")
     )
 
 
@@ -83,19 +96,6 @@ def _translated() -> Iterator[None]:
         raise
 
 
-_open_databases: weakref.WeakSet[MongoDatabase] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for db in list(_open_databases):
-        db._forget_client_after_fork()
-
-
-# pymongo clients are not fork-safe: a gunicorn worker forked after the master ran
-# ensure_schema must build its own client rather than reuse the master's sockets and threads.
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 class MongoDatabase:
     """One database on one MongoClient, created on first use (and anew in a forked child)."""
 
@@ -105,7 +105,7 @@ class MongoDatabase:
         self._lock = threading.Lock()
         self._client: MongoClient[Document] | None = None
         self._inherited: list[MongoClient[Document]] = []  # the parent's: never used here
-        _open_databases.add(self)
+        forksafe.forget_in_forked_children(self)
 
     @classmethod
     def wrap(cls, database: Database[Document]) -> MongoDatabase:
@@ -143,7 +143,7 @@ class MongoDatabase:
                 client = self._client
         return client[self.name]
 
-    def _forget_client_after_fork(self) -> None:
+    def forget_connections_after_fork(self) -> None:
         # Runs in the child while it has a single thread; a parent thread may have held the
         # lock at fork time, so it is replaced rather than taken.
         self._lock = threading.Lock()
@@ -213,19 +213,11 @@ class MongoMediaRepository(records.StateTransitions, MongoQuotas):
         self.collection_name = collection
         self._counts = mongo_counts.MinuteCounts(db.collection, collection)
 
-    @classmethod
-    def from_database(cls, db: MongoDatabase) -> MongoMediaRepository:
-        return cls(db)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MongoMediaRepository:
-        return cls(MongoDatabase.from_settings(settings))
-
     @property
     def _items(self) -> Collection[Document]:
         return self.db.collection(self.collection_name)
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         # Same indexes as SQLite: a search walks one scope's READY items in (time, id) order.
         with _translated():
             items = self._items
@@ -509,8 +501,8 @@ class MongoMediaRepository(records.StateTransitions, MongoQuotas):
             )
         return result.matched_count > 0
 
-    def ids_with_keys(self, store_keys: list[str]) -> set[str]:
-        keys = [records.require_id(key, "store_key") for key in store_keys]
+    def referenced_keys(self, keys: list[str]) -> set[str]:
+        keys = [records.require_id(key, "key") for key in keys]
         found: set[str] = set()
         for start in range(0, len(keys), _BATCH):
             with _translated():
@@ -565,14 +557,6 @@ class MongoCredentialStore:
     def __init__(self, db: MongoDatabase) -> None:
         self.db = db
 
-    @classmethod
-    def from_database(cls, db: MongoDatabase) -> MongoCredentialStore:
-        return cls(db)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MongoCredentialStore:
-        return cls(MongoDatabase.from_settings(settings))
-
     @property
     def _accounts(self) -> Collection[Document]:
         return self.db.collection("accounts")
@@ -581,7 +565,7 @@ class MongoCredentialStore:
     def _applications(self) -> Collection[Document]:
         return self.db.collection("applications")
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         # Uniqueness of keys and application ids is the mandatory unique index on `_id`.
         with _translated():
             ensure_index(self._applications, [("api_key", ASCENDING)], name="api_key")
@@ -706,11 +690,3 @@ def _application(doc: Mapping[str, Any]) -> Application:
         public_keys=tuple(doc["public_keys"]),
         enabled=bool(doc["enabled"]),
     )
-
-
-def from_settings(
-    settings: Settings,
-) -> tuple[MongoMediaRepository, MongoCredentialStore, MongoDatabase]:
-    """Both adapters on one client; close the database at shutdown."""
-    db = MongoDatabase.from_settings(settings)
-    return MongoMediaRepository(db), MongoCredentialStore(db), db

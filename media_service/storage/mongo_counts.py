@@ -11,7 +11,7 @@ mark is *settled*: the `$inc` is applied under an operation id (the item id and 
 item enters and leaves READY at most once each), which the counts document records in `applied`
 so that applying twice is a no-op; then the mark is cleared, and the id dropped from `applied`.
 A mark older than MARK_GRACE belongs to a writer that died (every call has a bounded timeout);
-`heal` settles those (ensure_schema and the sweeper run it).
+`heal` settles those (prepare_database and the sweeper run it).
 """
 
 from __future__ import annotations

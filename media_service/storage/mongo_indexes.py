@@ -19,7 +19,7 @@ def ensure_index(
 
     MongoDB treats creating an existing index as a no-op, but FerretDB 1.x fails the second of
     two concurrent creations ("index … already exists", code 1): gunicorn workers starting
-    together run ensure_schema at the same moment. That failure is success if the index is
+    together run prepare_database at the same moment. That failure is success if the index is
     there now. It may also not be there: FerretDB reports the clash while another process drops
     and re-creates the collection (the search-count build does), and its catalogue shows the
     index only once that settles. So a failure is retried a few times, with growing pauses,

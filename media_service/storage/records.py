@@ -30,6 +30,13 @@ TIME_FIELDS: frozenset[str] = frozenset(
 OPTIONAL_TIME_FIELDS: frozenset[str] = frozenset({"expires_at"})
 INT_FIELDS: frozenset[str] = frozenset({"max_downloads_allowed", "times_downloaded", "media_size"})
 
+# The blob key, stored beside the id since the first release. It always equals the id (the bytes
+# are stored under the item's id), so MediaItem has no such field: it is written from the id, so
+# that the column (NOT NULL and unique in both databases) stays filled and earlier releases can
+# still read new documents, and only the sweeper's referenced_keys reads it back.
+STORE_KEY = "store_key"
+STORED_FIELDS: tuple[str, ...] = (*ITEM_FIELDS, STORE_KEY)
+
 # What completing an upload may set besides the state: everything but the item's identity and
 # owner, which are fixed when the PENDING document is written.
 READY_FIELDS: frozenset[str] = frozenset(ITEM_FIELDS) - {
@@ -145,9 +152,11 @@ def audio_from_record(value: object) -> AudioFacts | None:
 
 
 def item_record(item: MediaItem) -> dict[str, object]:
-    """Encode a whole item."""
+    """Encode a whole item, with its STORED_FIELDS."""
     require_id(item.id, "id")
-    return {name: encode_field(name, getattr(item, name)) for name in ITEM_FIELDS}
+    record = {name: encode_field(name, getattr(item, name)) for name in ITEM_FIELDS}
+    record[STORE_KEY] = item.id
+    return record
 
 
 def change_record(changes: Mapping[str, object], allowed: frozenset[str]) -> dict[str, object]:

@@ -59,7 +59,7 @@ class Claim(enum.Enum):
 class UploadRepository(Protocol):
     """Records of resumable uploads. Every method is one atomic operation on the database."""
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         """Create the table/collection and indexes if missing (idempotent)."""
         ...
 
@@ -149,8 +149,8 @@ class ResumablePorts:
 
 def resumable_ports(backends: Backends) -> ResumablePorts:
     """The resumable ports beside the configured blob store and database."""
-    blobs: Any = getattr(backends.blobs, "wrapped", backends.blobs)  # behind the metrics proxy
-    media: Any = getattr(backends.media, "wrapped", backends.media)
+    blobs: Any = backends.blobs
+    media: Any = backends.media
     staging: StagingStore
     if blobs.store_id == "file":
         from media_service.storage.staging_files import FileStaging

@@ -438,6 +438,14 @@ class S3BlobStore:
         except (BotoCoreError, ClientError) as exc:
             raise _translate(exc, "ListObjectsV2") from exc
 
+    def remove_stale_temp(
+        self,
+        older_than_seconds: float = 3600,
+        referenced: Callable[[list[str]], set[str]] | None = None,
+    ) -> int:
+        """No temp files here (parts live in multipart uploads): a no-op."""
+        return 0
+
     def abort_stale_uploads(
         self, older_than: datetime, referenced: Callable[[list[str]], set[str]]
     ) -> int:

@@ -10,7 +10,6 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from media_service.settings import Settings, sqlite_path
-from media_service.storage import records
+from media_service.storage import forksafe, records
 from media_service.storage.disk import SpareFile
 from media_service.storage.interfaces import (
     Account,
@@ -36,7 +35,7 @@ from media_service.storage.interfaces import (
     StorageFull,
     Usage,
 )
-from media_service.storage.sqlite_quota import SqliteQuotas, ensure_quota_schema
+from media_service.storage.sqlite_quota import SqliteQuotas, ensure_quota_tables
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,7 +49,7 @@ _MINUTE_MS = 60_000
 # Times are INTEGER epoch milliseconds (UTC): they compare and index as plain numbers.
 # The two scope indexes end in (state, time_created, id), so a search is a range scan of one
 # scope's READY items, already in the requested order: its cost does not grow with the table.
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS media_items (
     id                    TEXT PRIMARY KEY,
     account_id            TEXT NOT NULL,
@@ -236,22 +235,18 @@ def _translated() -> Iterator[None]:
         raise BackendUnavailable("database", str(exc)) from exc
 
 
+def _is_locked(exc: BaseException | None) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (any extended code): another connection holds the lock."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return isinstance(exc, sqlite3.OperationalError) and code in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
+
+
 def _is_full(exc: sqlite3.Error) -> bool:
     """SQLITE_FULL: a write needed pages (in the WAL or the file) that the disk does not have."""
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
-
-
-_open_databases: weakref.WeakSet[SqliteDatabase] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for db in list(_open_databases):
-        db._forget_connections_after_fork()
-
-
-# gunicorn forks workers from a master that may have run ensure_schema: each worker then opens
-# its own connections.
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SqliteDatabase:
@@ -273,7 +268,7 @@ class SqliteDatabase:
         # finalising them there could checkpoint or unlink the parent's WAL, so they are only
         # kept referenced here, never used or closed.
         self._inherited: list[sqlite3.Connection] = []
-        _open_databases.add(self)
+        forksafe.forget_in_forked_children(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqliteDatabase:
@@ -293,7 +288,7 @@ class SqliteDatabase:
                 self._connections.append(conn)
         return conn
 
-    def _forget_connections_after_fork(self) -> None:
+    def forget_connections_after_fork(self) -> None:
         # Runs in the child while it has a single thread; a parent thread may have held the
         # lock at fork time, so it is replaced rather than taken.
         self._lock = threading.Lock()
@@ -322,7 +317,7 @@ class SqliteDatabase:
             # the commits since the last WAL fsync. That is accepted for counted downloads, the
             # hot path (one fsync each would cap them at the disk's fsync rate), and only for
             # them: every other write (insert, mark_ready, update, mark_deleting, remove,
-            # credentials, schema) runs under `durable=True`, which switches this connection to
+            # credentials, tables) runs under `durable=True`, which switches this connection to
             # FULL around its commit so that it fsyncs the WAL first (and with it any earlier
             # NORMAL commits): a 201 or a 204 still means on disk.
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -442,31 +437,57 @@ class SqliteDatabase:
                         conn.execute("ROLLBACK")
                     raise
 
-    def ensure_schema(self) -> None:
+    def set_up(self, create: Callable[[sqlite3.Connection], None]) -> None:
+        """Run `create` in one durable write transaction, again while another process's lock
+        refuses it at once; give up (BackendUnavailable) after the backend timeout.
+
+        busy_timeout makes most writers queue for the lock, but SQLite answers "database is
+        locked" without waiting where waiting could deadlock: a fresh file's switch to WAL, a
+        lock taken while another connection recovers the WAL. Workers booting together on a
+        fresh file lost their set-up that way and answered 503 until DatabaseSetup retried,
+        seconds later. A failed attempt has been rolled back, so running it again is safe.
+        """
+        deadline = time.monotonic() + self.timeout
+        pause = 0.005
+        while True:
+            try:
+                with self.transaction(write=True, durable=True) as conn:
+                    create(conn)
+                return
+            except BackendUnavailable as error:
+                if not _is_locked(error.__cause__) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    def prepare_database(self) -> None:
         """Create the tables, indexes and triggers if missing; fill media_counts if new."""
+        self.set_up(self._create_tables)
+        if self.spare is not None and not self.spare.ensure():
+            log.warning("no room for the spare file beside %s", self.path.name)
+
+    @staticmethod
+    def _create_tables(conn: sqlite3.Connection) -> None:
         # One write transaction: workers starting together queue on its lock, and only the
         # first one finds the counts missing, so they are built exactly once. Any missing piece
         # (a database from before media_counts, or a dropped trigger) rebuilds them from scratch.
-        with self.transaction(write=True, durable=True) as conn:
-            marks = ", ".join("?" * len(_COUNT_OBJECTS))
-            present = conn.execute(
-                f"SELECT count(*) FROM sqlite_schema WHERE name IN ({marks})", _COUNT_OBJECTS
-            ).fetchone()[0]
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            _add_missing_columns(conn)
-            ensure_quota_schema(conn)
-            for statement in EXPIRY_INDEXES.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            for trigger in COUNT_TRIGGERS.values():
-                conn.execute(trigger)
-            if present < len(_COUNT_OBJECTS):
-                conn.execute("DELETE FROM media_counts")
-                conn.execute(_BACKFILL)
-        if self.spare is not None and not self.spare.ensure():
-            log.warning("no room for the spare file beside %s", self.path.name)
+        marks = ", ".join("?" * len(_COUNT_OBJECTS))
+        present = conn.execute(
+            f"SELECT count(*) FROM sqlite_schema WHERE name IN ({marks})", _COUNT_OBJECTS
+        ).fetchone()[0]
+        for statement in TABLES.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        _add_missing_columns(conn)
+        ensure_quota_tables(conn)
+        for statement in EXPIRY_INDEXES.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        for trigger in COUNT_TRIGGERS.values():
+            conn.execute(trigger)
+        if present < len(_COUNT_OBJECTS):
+            conn.execute("DELETE FROM media_counts")
+            conn.execute(_BACKFILL)
 
     def ping(self) -> None:
         """Raise BackendUnavailable unless the file can be opened and read."""
@@ -483,9 +504,9 @@ class SqliteDatabase:
 
 # --------------------------------------------------------------------------- media items
 
-# Column names in SQL text come only from MediaItem's own field names, never from input.
+# Column names in SQL text come only from records.STORED_FIELDS, never from input.
 _INSERT = "INSERT INTO media_items ({}) VALUES ({})".format(
-    ", ".join(records.ITEM_FIELDS), ", ".join(f":{name}" for name in records.ITEM_FIELDS)
+    ", ".join(records.STORED_FIELDS), ", ".join(f":{name}" for name in records.STORED_FIELDS)
 )
 _COUNT = """
 UPDATE media_items SET times_downloaded = times_downloaded + 1
@@ -524,12 +545,8 @@ class SqliteMediaRepository(records.StateTransitions, SqliteQuotas):
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SqliteMediaRepository:
-        return cls(SqliteDatabase.from_settings(settings))
-
-    def ensure_schema(self) -> None:
-        self.db.ensure_schema()
+    def prepare_database(self) -> None:
+        self.db.prepare_database()
 
     def insert(self, item: MediaItem) -> None:
         self.db.run(_INSERT, _sql_values(records.item_record(item)), durable=True)
@@ -682,9 +699,13 @@ class SqliteMediaRepository(records.StateTransitions, SqliteQuotas):
         )
         return bool(count)
 
-    def ids_with_keys(self, store_keys: list[str]) -> set[str]:
+    def heal_counts(self, now: datetime) -> int:
+        """Nothing to settle: the triggers change media_counts in the items' own statements."""
+        return 0
+
+    def referenced_keys(self, keys: list[str]) -> set[str]:
         found: set[str] = set()
-        keys = [records.require_id(key, "store_key") for key in store_keys]
+        keys = [records.require_id(key, "key") for key in keys]
         for start in range(0, len(keys), _BATCH):
             chunk = keys[start : start + _BATCH]
             marks = ", ".join("?" * len(chunk))
@@ -864,12 +885,8 @@ class SqliteCredentialStore:
         self._accounts: dict[str, tuple[bytes, float, Account]] = {}
         self._accounts_lock = threading.Lock()
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SqliteCredentialStore:
-        return cls(SqliteDatabase.from_settings(settings))
-
-    def ensure_schema(self) -> None:
-        self.db.ensure_schema()
+    def prepare_database(self) -> None:
+        self.db.prepare_database()
 
     def add_account(self, account: Account) -> None:
         with self._account_write():
@@ -1080,11 +1097,3 @@ def _account(row: sqlite3.Row) -> Account:
         secret_digest=bytes(row["secret_digest"]),
         enabled=bool(row["enabled"]),
     )
-
-
-def from_settings(
-    settings: Settings,
-) -> tuple[SqliteMediaRepository, SqliteCredentialStore, SqliteDatabase]:
-    """Both adapters on one database; close the database at shutdown."""
-    db = SqliteDatabase.from_settings(settings)
-    return SqliteMediaRepository(db), SqliteCredentialStore(db), db

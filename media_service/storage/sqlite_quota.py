@@ -52,8 +52,8 @@ SET bytes = bytes + excluded.bytes, items = items + excluded.items
 """
 
 
-def ensure_quota_schema(conn: sqlite3.Connection) -> None:
-    """Add the quota table, column and trigger (inside ensure_schema's write transaction)."""
+def ensure_quota_tables(conn: sqlite3.Connection) -> None:
+    """Add the quota table, column and trigger (inside prepare_database's write transaction)."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(media_items)")}
     added = "quota_bytes" not in present
     if added:

@@ -29,8 +29,8 @@ class MongoUploadRepository:
 
     def __init__(self, db: MongoDatabase) -> None:
         self.db = db
-        self._schema_lock = threading.Lock()
-        self._schema_ready = False
+        self._setup_lock = threading.Lock()
+        self._prepared = False
 
     @property
     def _uploads(self) -> Collection[Document]:
@@ -40,17 +40,17 @@ class MongoUploadRepository:
     def _locks(self) -> Collection[Document]:
         return self.db.collection("resumable_locks")
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         """The expiry index (once per process; retried after a failure)."""
-        with self._schema_lock:
-            if self._schema_ready:
+        with self._setup_lock:
+            if self._prepared:
                 return
             with _translated():
                 ensure_index(self._uploads, [("expires", ASCENDING)], name="expires")
-            self._schema_ready = True
+            self._prepared = True
 
     def create(self, upload: ResumableUpload) -> None:
-        self.ensure_schema()
+        self.prepare_database()
         document = {
             "_id": records.require_id(upload.id),
             "account_id": upload.account_id,
@@ -66,7 +66,7 @@ class MongoUploadRepository:
             self._uploads.insert_one(document)
 
     def get(self, upload_id: str) -> ResumableUpload | None:
-        self.ensure_schema()
+        self.prepare_database()
         with _translated():
             doc = self._uploads.find_one({"_id": records.require_id(upload_id)})
         return _upload(doc) if doc else None
@@ -128,20 +128,20 @@ class MongoUploadRepository:
             self._locks.delete_one({"_id": upload_id, "token": token})
 
     def remove(self, upload_id: str) -> bool:
-        self.ensure_schema()
+        self.prepare_database()
         with _translated():
             removed = self._uploads.delete_one({"_id": records.require_id(upload_id)})
             self._locks.delete_one({"_id": upload_id})
         return removed.deleted_count > 0
 
     def expired(self, now: datetime, limit: int) -> list[ResumableUpload]:
-        self.ensure_schema()
+        self.prepare_database()
         with _translated():
             cursor = self._uploads.find({"expires": {"$lt": now}}).sort("expires").limit(limit)
             return [_upload(doc) for doc in cursor]
 
     def existing(self, upload_ids: list[str]) -> set[str]:
-        self.ensure_schema()
+        self.prepare_database()
         found: set[str] = set()
         with _translated():
             for start in range(0, len(upload_ids), 500):

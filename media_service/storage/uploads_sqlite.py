@@ -12,7 +12,7 @@ from media_service.storage.resumable import Claim, ResumableUpload
 from media_service.storage.sqlite import SqliteDatabase, from_ms, to_ms
 
 # `upload_offset`: OFFSET is an SQL keyword. The lease is (lock_token, lock_until).
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS resumable_uploads (
     id             TEXT PRIMARY KEY,
     account_id     TEXT NOT NULL,
@@ -37,27 +37,30 @@ WHERE id = :id AND media_id IS NULL
 """
 
 
+def _create_table(conn: sqlite3.Connection) -> None:
+    for statement in TABLES.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 class SqliteUploadRepository:
     """Resumable upload records in the `resumable_uploads` table."""
 
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
-        self._schema_lock = threading.Lock()
-        self._schema_ready = False
+        self._setup_lock = threading.Lock()
+        self._prepared = False
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         """Create the table if missing (once per process; retried after a failure)."""
-        with self._schema_lock:
-            if self._schema_ready:
+        with self._setup_lock:
+            if self._prepared:
                 return
-            with self.db.transaction(write=True, durable=True) as conn:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            self._schema_ready = True
+            self.db.set_up(_create_table)
+            self._prepared = True
 
     def create(self, upload: ResumableUpload) -> None:
-        self.ensure_schema()
+        self.prepare_database()
         self.db.run(
             "INSERT INTO resumable_uploads (id, account_id, application_id, length,"
             " upload_offset, metadata, time_created, expires)"
@@ -76,7 +79,7 @@ class SqliteUploadRepository:
         )
 
     def get(self, upload_id: str) -> ResumableUpload | None:
-        self.ensure_schema()
+        self.prepare_database()
         rows = self.db.fetch(
             "SELECT * FROM resumable_uploads WHERE id = ?", (records.require_id(upload_id),)
         )
@@ -85,7 +88,7 @@ class SqliteUploadRepository:
     def claim(
         self, upload_id: str, offset: int | None, token: str, until: datetime, now: datetime
     ) -> Claim:
-        self.ensure_schema()
+        self.prepare_database()
         params = {
             "id": records.require_id(upload_id),
             "offset": offset,
@@ -143,7 +146,7 @@ class SqliteUploadRepository:
         )
 
     def remove(self, upload_id: str) -> bool:
-        self.ensure_schema()
+        self.prepare_database()
         return (
             self.db.run(
                 "DELETE FROM resumable_uploads WHERE id = ?",
@@ -155,7 +158,7 @@ class SqliteUploadRepository:
         )
 
     def expired(self, now: datetime, limit: int) -> list[ResumableUpload]:
-        self.ensure_schema()
+        self.prepare_database()
         rows = self.db.fetch(
             "SELECT * FROM resumable_uploads WHERE expires < ? ORDER BY expires LIMIT ?",
             (to_ms(now), limit),
@@ -163,7 +166,7 @@ class SqliteUploadRepository:
         return [_upload(row) for row in rows]
 
     def existing(self, upload_ids: list[str]) -> set[str]:
-        self.ensure_schema()
+        self.prepare_database()
         found: set[str] = set()
         for start in range(0, len(upload_ids), 500):
             batch = upload_ids[start : start + 500]

@@ -154,7 +154,6 @@ def old_item(backends: Backends, content: bytes, index: int) -> MediaItem:
         original_file_name="old",
         mime_type="application/octet-stream",
         store_id=backends.blobs.store_id,
-        store_key=item_id,
         store_meta_params={},
         max_downloads_allowed=0,
         times_downloaded=0,
@@ -196,7 +195,7 @@ def test_backfill_fills_audio_marks_the_rest_and_never_redoes_them(
     text = old_item(backends, b"plain text", 2)
     flac = old_item(backends, (DATA / "tone.flac").read_bytes(), 3)
     lost = old_item(backends, b"gone", 4)
-    backends.blobs.delete(lost.store_key)
+    backends.blobs.delete(lost.id)
     assert info(client, wav.id, owner.basic)["audio"] is None  # not examined yet
 
     counts = audio.backfill(backends.blobs, backends.media, batch=2)
@@ -218,21 +217,19 @@ def test_sqlite_database_from_before_audio_gains_the_columns(cli_env: Settings) 
         item = old_item(backends, make_wav(), 1)
         path = backends.media.db.path  # type: ignore[attr-defined]
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
     with sqlite3.connect(path) as conn:  # back to the schema before audio facts
         conn.execute("ALTER TABLE media_items DROP COLUMN audio")
         conn.execute("ALTER TABLE media_items DROP COLUMN audio_examined")
     conn.close()
 
-    backends = open_backends(cli_env)  # ensure_schema adds the columns back
+    backends = open_backends(cli_env)  # prepare_database adds the columns back
     try:
         got = backends.media.get(item.id)
         assert got == dataclasses.replace(item, audio=None, audio_examined=False)
         assert [i.id for i in backends.media.unexamined_audio("", 10)] == [item.id]
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 def test_cli_backfill_audio_prints_counts(
@@ -243,8 +240,7 @@ def test_cli_backfill_audio_prints_counts(
         wav = old_item(backends, make_wav(), 1)
         old_item(backends, b"text", 2)
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
     assert main(["backfill-audio", "--batch", "1"]) == 0
     assert json.loads(capsys.readouterr().out) == {
@@ -261,8 +257,7 @@ def test_cli_backfill_audio_prints_counts(
         got = backends.media.get(wav.id)
         assert got is not None and got.audio is not None and got.audio.codec == "pcm"
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
     assert main(["backfill-audio", "--batch", "0"]) == 2
 
 

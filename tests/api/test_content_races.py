@@ -183,7 +183,7 @@ def test_ready_item_without_its_blob_is_503_for_get_and_head_alike(
     item = upload(client, owner)
     stored = backends.media.get(item["id"])
     assert stored is not None
-    backends.blobs.delete(stored.store_key)  # lost behind the service's back
+    backends.blobs.delete(stored.id)  # lost behind the service's back
     caplog.clear()
 
     response = client.open(f"/v3/media/{item['id']}", method=method, headers=owner.basic)
@@ -203,7 +203,7 @@ def test_a_missing_blob_does_not_count_a_download(
     item = upload(client, owner, public="true", max_downloads_allowed="1")
     stored = backends.media.get(item["id"])
     assert stored is not None
-    backends.blobs.delete(stored.store_key)
+    backends.blobs.delete(stored.id)
 
     assert_problem(client.get(f"/v3/media/{item['id']}"), 503)
     after = backends.media.get(item["id"])

@@ -97,7 +97,6 @@ def _item(**overrides: Any) -> MediaItem:
         "original_file_name": "hello.wav",
         "mime_type": "audio/wav",
         "store_id": "file",
-        "store_key": "0b7c3a2e-8a55-4a4f-9a57-6b1b8f0f6f01",
         "store_meta_params": {},
         "max_downloads_allowed": 0,
         "times_downloaded": 0,

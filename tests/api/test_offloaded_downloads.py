@@ -121,8 +121,7 @@ def accel(tmp_path: Path, rsa_keypair: tuple[str, str]) -> Iterator[Offload]:
     try:
         yield _offload(settings, backends, rsa_keypair)
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 def _offload(

@@ -186,7 +186,6 @@ def test_sweeper_gives_back_what_dead_uploads_and_deletes_held(
         **{
             **{name: getattr(dead, name) for name in dead.__slots__},  # type: ignore[attr-defined]
             "id": "00000000-0000-4000-8000-00000000dead",
-            "store_key": "00000000-0000-4000-8000-00000000dead",
             "state": ItemState.PENDING,
         }
     )

@@ -23,7 +23,7 @@ class FakeCredentialStore:
         self.applications: dict[str, Application] = {}
         self.lookups: list[tuple[str, str]] = []
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         pass
 
     def add_account(self, account: Account) -> None:

@@ -39,13 +39,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Credential
     if request.param == "sqlite":
         db = SqliteDatabase(tmp_path / "media.db", timeout=5.0)
         credentials: CredentialStore = SqliteCredentialStore(db)
-        credentials.ensure_schema()
+        credentials.prepare_database()
         yield credentials
         db.close()
     elif request.param == "mongomock":
         client: Any = mongomock.MongoClient(tz_aware=True)
         credentials = MongoCredentialStore(MongoDatabase.wrap(client["media_test"]))
-        credentials.ensure_schema()
+        credentials.prepare_database()
         yield credentials
     else:
         assert MONGO_URL
@@ -56,7 +56,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Credential
         settings = Settings(database_url=f"{base}/{name}", storage_url="file:///unused")
         mdb = MongoDatabase.from_settings(settings)
         credentials = MongoCredentialStore(mdb)
-        credentials.ensure_schema()
+        credentials.prepare_database()
         yield credentials
         mdb.database.client.drop_database(name)
         mdb.close()
@@ -134,9 +134,9 @@ def test_lookups_refuse_non_string_keys(store: CredentialStore) -> None:
     assert store.get_account('{"$ne": null}') is None
 
 
-def test_ensure_schema_is_idempotent(store: CredentialStore) -> None:
+def test_prepare_database_is_idempotent(store: CredentialStore) -> None:
     store.add_account(make_account())
-    store.ensure_schema()
+    store.prepare_database()
     assert store.get_account("key-1") is not None
 
 
@@ -145,7 +145,7 @@ def test_sqlite_public_keys_appended_concurrently_are_all_kept(tmp_path: Path) -
     # by the transaction that checks the application and appends).
     db = SqliteDatabase(tmp_path / "media.db", timeout=10.0)
     store = SqliteCredentialStore(db)
-    store.ensure_schema()
+    store.prepare_database()
     store.add_application(Application("app-1", "key-1", ()))
     keys = [f"-----BEGIN PUBLIC KEY-----\n{n}\n-----END PUBLIC KEY-----\n" for n in range(16)]
     errors: list[BaseException] = []
@@ -290,7 +290,7 @@ def test_sqlite_concurrent_key_removals_keep_one_key(tmp_path: Path) -> None:
     # Atomicity is proven on SQLite: mongomock is not atomic across threads.
     db = SqliteDatabase(tmp_path / "media.db", timeout=10.0)
     store = SqliteCredentialStore(db)
-    store.ensure_schema()
+    store.prepare_database()
     keys = [f"-----BEGIN PUBLIC KEY-----\n{n}\n-----END PUBLIC KEY-----\n" for n in range(8)]
     store.add_application(Application("app-1", "key-1", tuple(keys)))
     outcomes: list[KeyRemoval] = []

@@ -63,20 +63,20 @@ def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MediaReposi
         # 10 s: the concurrency contracts have 8 threads queue for SQLite's one writer.
         db = SqliteDatabase(tmp_path / "media.db", timeout=10.0)
         repository: MediaRepository = SqliteMediaRepository(db)
-        repository.ensure_schema()
+        repository.prepare_database()
         yield repository
         db.close()
     elif request.param == "mongomock":
         client: Any = mongomock.MongoClient(tz_aware=True)
         repository = MongoMediaRepository(MongoDatabase.wrap(client["media_test"]))
-        repository.ensure_schema()
+        repository.prepare_database()
         yield repository
     else:
         assert MONGO_URL
         name = f"media_test_{uuid.uuid4().hex[:12]}"
         mdb = MongoDatabase.from_settings(mongo_settings(MONGO_URL, name))
         repository = MongoMediaRepository(mdb)
-        repository.ensure_schema()
+        repository.prepare_database()
         yield repository
         mdb.database.client.drop_database(name)
         mdb.close()
@@ -92,7 +92,6 @@ def make_item(**overrides: Any) -> MediaItem:
         "original_file_name": "notes.txt",
         "mime_type": "text/plain",
         "store_id": "file",
-        "store_key": item_id,
         "store_meta_params": {"filesize": "3", "sha256": "abc"},
         "max_downloads_allowed": 0,
         "times_downloaded": 0,
@@ -145,13 +144,7 @@ def test_hidden_states_are_invisible_without_include_hidden(
 def test_duplicate_id_raises_already_exists(repo: MediaRepository) -> None:
     item = add(repo)
     with pytest.raises(AlreadyExists):
-        repo.insert(replace(item, store_key="other-key"))
-
-
-def test_duplicate_store_key_raises_already_exists(repo: MediaRepository) -> None:
-    item = add(repo)
-    with pytest.raises(AlreadyExists):
-        repo.insert(make_item(store_key=item.store_key))
+        repo.insert(replace(item, title="another item, the same id"))
 
 
 def test_datetimes_round_trip_at_millisecond_precision_as_utc(repo: MediaRepository) -> None:
@@ -596,24 +589,24 @@ def test_heartbeat_refreshes_only_pending_items(repo: MediaRepository) -> None:
     assert repo.heartbeat(str(uuid.uuid4()), T0) is False  # rolled back by the sweeper
 
 
-def test_ids_with_keys_reports_referenced_keys_whatever_the_state(
+def test_referenced_keys_are_those_of_any_document_whatever_its_state(
     repo: MediaRepository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite, "_BATCH", 2)
     monkeypatch.setattr(mongo, "_BATCH", 2)
     items = [add(repo, state=state) for state in ItemState]
-    keys = [item.store_key for item in items]
-    assert repo.ids_with_keys(keys + ["orphan-1", "orphan-2"]) == set(keys)
-    assert repo.ids_with_keys([]) == set()
+    keys = [item.id for item in items]
+    assert repo.referenced_keys(keys + ["orphan-1", "orphan-2"]) == set(keys)
+    assert repo.referenced_keys([]) == set()
 
 
 def test_ping_answers(repo: MediaRepository) -> None:
     repo.ping()
 
 
-def test_ensure_schema_is_idempotent(repo: MediaRepository) -> None:
+def test_prepare_database_is_idempotent(repo: MediaRepository) -> None:
     item = add(repo)
-    repo.ensure_schema()
+    repo.prepare_database()
     assert repo.get(item.id) == item
 
 
@@ -636,7 +629,7 @@ def test_sqlite_connection_is_durable_wal(tmp_path: Path) -> None:
 @pytest.mark.parametrize("application", [None, "app-1"])
 def test_sqlite_search_walks_an_index_in_order(tmp_path: Path, application: str | None) -> None:
     repo = sqlite_repo(tmp_path / "media.db")
-    repo.ensure_schema()
+    repo.prepare_database()
     query = SearchQuery(SearchScope("acc-a", application), T0, T0 + MINUTE, False, 0, 20)
     where, params = sqlite.search_filter(query)
     plan = " | ".join(
@@ -665,7 +658,7 @@ def test_sqlite_unopenable_path_is_backend_unavailable(tmp_path: Path) -> None:
 def test_sqlite_locked_database_is_backend_unavailable_after_the_timeout(tmp_path: Path) -> None:
     path = tmp_path / "media.db"
     repo = sqlite_repo(path, timeout=0.2)
-    repo.ensure_schema()
+    repo.prepare_database()
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
@@ -706,7 +699,7 @@ def run_forked(target: Any) -> int:
 @pytest.mark.filterwarnings(FORK_WARNING)
 def test_sqlite_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     repo = sqlite_repo(tmp_path / "media.db")
-    repo.ensure_schema()
+    repo.prepare_database()
     parent_connection = repo.db.connection()
     child_item = make_item()
 
@@ -748,7 +741,7 @@ def _race_in_process(path: str, item_id: str, attempts: int, go: Any, results: A
 def test_sqlite_count_is_exact_across_threads_and_processes(tmp_path: Path) -> None:
     path = tmp_path / "media.db"
     repo = sqlite_repo(path)
-    repo.ensure_schema()
+    repo.prepare_database()
     item = add(repo, max_downloads_allowed=25)
     ctx = multiprocessing.get_context("spawn")
     go, results = ctx.Event(), ctx.Queue()

@@ -78,7 +78,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
 @pytest.fixture
 def repo(server: Server) -> MongoMediaRepository:
     repository = server.repository()
-    repository.ensure_schema()
+    repository.prepare_database()
     return repository
 
 
@@ -189,17 +189,17 @@ def fresh(repo: MongoMediaRepository) -> MongoMediaRepository:
     return MongoMediaRepository(repo.db)
 
 
-def test_ensure_schema_builds_counts_for_an_old_database(repo: MongoMediaRepository) -> None:
+def test_prepare_database_builds_counts_for_an_old_database(repo: MongoMediaRepository) -> None:
     model: dict[str, Row] = {}
     random_operations(repo, model, random.Random(11), T0_MS, 60, 120)  # type: ignore[arg-type]
     expected = counts_collection(repo)
     assert expected == recounted(repo) and expected
     drop_counts(repo)
     restarted = fresh(repo)
-    restarted.ensure_schema()
+    restarted.prepare_database()
     assert counts_collection(restarted) == expected
     check_totals(restarted, model, random.Random(13), T0_MS, 60)
-    restarted.ensure_schema()  # idempotent: no second build
+    restarted.prepare_database()  # idempotent: no second build
     assert counts_collection(restarted) == expected
 
 
@@ -208,7 +208,7 @@ def test_forgetting_the_build_rebuilds_drifted_counts(repo: MongoMediaRepository
     expected = counts_collection(repo)
     repo.db.collection("media_counts").update_many({}, {"$inc": {"n": 3}})  # drifted
     repo.db.collection("media_meta").delete_one({"_id": mongo_counts.META_ID})  # the procedure
-    fresh(repo).ensure_schema()
+    fresh(repo).prepare_database()
     assert counts_collection(repo) == expected == recounted(repo)
 
 
@@ -216,7 +216,7 @@ def test_searches_count_plainly_until_the_counts_are_built(repo: MongoMediaRepos
     for _ in range(3):
         repo.insert(make_item(T0_MS + 5 * MINUTE_MS, ItemState.READY))
     drop_counts(repo)
-    restarted = fresh(repo)  # a worker that has not run ensure_schema yet
+    restarted = fresh(repo)  # a worker that has not run prepare_database yet
     assert total(restarted, SearchScope("acc-a"), T0_MS, T0_MS + 10 * MINUTE_MS) == 3
 
 
@@ -232,7 +232,7 @@ def test_workers_starting_together_build_once(server: Server, repo: MongoMediaRe
     def start(worker: MongoMediaRepository) -> None:
         try:
             go.wait(30)
-            worker.ensure_schema()
+            worker.prepare_database()
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -313,7 +313,7 @@ def test_a_writer_dying_between_item_and_count_is_healed(
     assert repo.heal_counts(later()) == 0  # healing twice changes nothing
 
 
-def test_ensure_schema_heals_what_dead_writers_left(
+def test_prepare_database_heals_what_dead_writers_left(
     repo: MongoMediaRepository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     item = make_item(T0_MS, ItemState.READY)
@@ -322,7 +322,7 @@ def test_ensure_schema_heals_what_dead_writers_left(
         repo.insert(item)
     the_future = later()  # a process started long after the writer died
     monkeypatch.setattr(mongo_counts, "now", lambda: the_future)
-    fresh(repo).ensure_schema()
+    fresh(repo).prepare_database()
     assert marks(repo) == 0 and counts_collection(repo) == recounted(repo)
 
 

@@ -23,14 +23,14 @@ def repo(request: pytest.FixtureRequest) -> Iterator[MongoMediaRepository]:
     if request.param == "mongomock":
         client: Any = mongomock.MongoClient(tz_aware=True)
         repository = MongoMediaRepository(MongoDatabase.wrap(client["media_test"]))
-        repository.ensure_schema()
+        repository.prepare_database()
         yield repository
         return
     assert MONGO_URL
     name = f"media_test_{uuid.uuid4().hex[:12]}"
     db = MongoDatabase.from_settings(mongo_settings(MONGO_URL, name))
     repository = MongoMediaRepository(db)
-    repository.ensure_schema()
+    repository.prepare_database()
     yield repository
     db.database.client.drop_database(name)
     db.close()
@@ -76,12 +76,12 @@ def store_as_before_downloads_left(repo: MongoMediaRepository, **fields: Any) ->
     return item.id
 
 
-def test_ensure_schema_backfills_downloads_left_idempotently(repo: MongoMediaRepository) -> None:
+def test_prepare_database_backfills_downloads_left_idempotently(repo: MongoMediaRepository) -> None:
     old = store_as_before_downloads_left(repo, max_downloads_allowed=5, times_downloaded=2)
     hidden = store_as_before_downloads_left(repo, max_downloads_allowed=2, state=ItemState.PENDING)
     unlimited = store_as_before_downloads_left(repo)
-    repo.ensure_schema()
-    repo.ensure_schema()
+    repo.prepare_database()
+    repo.prepare_database()
     assert raw(repo, old)["downloads_left"] == 3
     assert repo.db.collection("media_meta").find_one({"_id": "downloads_left"})
     assert raw(repo, hidden)["downloads_left"] == 2

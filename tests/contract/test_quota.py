@@ -189,7 +189,7 @@ def test_sqlite_counts_items_stored_before_quotas_once(tmp_path: Path) -> None:
     its READY items are counted once (not its hidden ones), and a second start changes nothing."""
     db = SqliteDatabase(tmp_path / "media.db")
     repo = SqliteMediaRepository(db)
-    repo.ensure_schema()
+    repo.prepare_database()
     for size, state, account in (
         (10, "ready", ACCOUNT),
         (20, "ready", ACCOUNT),
@@ -201,8 +201,8 @@ def test_sqlite_counts_items_stored_before_quotas_once(tmp_path: Path) -> None:
         conn.execute("DROP TRIGGER account_quotas_release")
         conn.execute("DROP TABLE account_quotas")
         conn.execute("ALTER TABLE media_items DROP COLUMN quota_bytes")
-    repo.ensure_schema()
-    repo.ensure_schema()
+    repo.prepare_database()
+    repo.prepare_database()
     assert repo.quota(ACCOUNT) == Quota(ACCOUNT, 0, 0, 30, 2)
     assert repo.quota("b") == Quota("b", 0, 0, 40, 1)
     [first] = [row[0] for row in db.fetch("SELECT id FROM media_items WHERE media_size = 10")]

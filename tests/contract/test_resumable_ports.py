@@ -77,7 +77,7 @@ def test_an_expired_lease_can_be_taken(ports: ResumablePorts) -> None:
 
 
 def test_one_claim_wins_among_threads(ports: ResumablePorts, backends: Backends) -> None:
-    media = getattr(backends.media, "wrapped", backends.media)
+    media: Any = backends.media
     if type(getattr(media, "db", None)).__name__ == "MongoDatabase" and type(
         media.db.database.client
     ).__module__.startswith("mongomock"):

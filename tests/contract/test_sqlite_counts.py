@@ -41,7 +41,7 @@ SCOPES = [SearchScope(account, app) for account in ACCOUNTS for app in APPLICATI
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[SqliteMediaRepository]:
     repository = SqliteMediaRepository(SqliteDatabase(tmp_path / "media.db", timeout=30.0))
-    repository.ensure_schema()
+    repository.prepare_database()
     yield repository
     repository.db.close()
 
@@ -58,7 +58,6 @@ def make_item(
         original_file_name="f.txt",
         mime_type="text/plain",
         store_id="file",
-        store_key=item_id,
         store_meta_params={},
         max_downloads_allowed=0,
         times_downloaded=0,
@@ -276,7 +275,7 @@ def populate(repo: SqliteMediaRepository, seed: int, steps: int = 300) -> dict[s
     return model
 
 
-def test_ensure_schema_backfills_an_old_database(repo: SqliteMediaRepository) -> None:
+def test_prepare_database_backfills_an_old_database(repo: SqliteMediaRepository) -> None:
     model = populate(repo, 11)
     expected = counts_table(repo.db)
     assert expected == recounted(repo.db) and expected
@@ -288,22 +287,22 @@ def test_ensure_schema_backfills_an_old_database(repo: SqliteMediaRepository) ->
         repo.db.fetch("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'media_counts%'")[0][0]
         == 0
     )
-    repo.ensure_schema()  # ...until the new one starts
+    repo.prepare_database()  # ...until the new one starts
     assert counts_table(repo.db) == recounted(repo.db)
     check_totals(repo, model, random.Random(13), T0_MS, 120)
     before = counts_table(repo.db)
-    repo.ensure_schema()  # idempotent: no second backfill
+    repo.prepare_database()  # idempotent: no second backfill
     assert counts_table(repo.db) == before
 
 
 @pytest.mark.parametrize("kept", [("media_counts",), ("media_counts", "media_counts_insert")])
-def test_ensure_schema_rebuilds_counts_missing_a_trigger(
+def test_prepare_database_rebuilds_counts_missing_a_trigger(
     repo: SqliteMediaRepository, kept: tuple[str, ...]
 ) -> None:
     model = populate(repo, 21)
     drop_counts(repo.db, keep=kept)
     model.update(populate(repo, 22, 80))  # counts drift while a trigger is missing
-    repo.ensure_schema()
+    repo.prepare_database()
     assert counts_table(repo.db) == recounted(repo.db)
     check_totals(repo, model, random.Random(23), T0_MS, 120)
 
@@ -312,7 +311,7 @@ def test_ensure_schema_rebuilds_counts_missing_a_trigger(
 def test_workers_starting_together_backfill_once(tmp_path: Path) -> None:
     path = tmp_path / "media.db"
     repo = SqliteMediaRepository(SqliteDatabase(path, timeout=30.0))
-    repo.ensure_schema()
+    repo.prepare_database()
     populate(repo, 31)
     expected = counts_table(repo.db)
     drop_counts(repo.db)
@@ -323,7 +322,7 @@ def test_workers_starting_together_backfill_once(tmp_path: Path) -> None:
         db = SqliteDatabase(path, timeout=30.0)  # a connection of its own, as a worker has
         try:
             go.wait(30)
-            SqliteMediaRepository(db).ensure_schema()
+            SqliteMediaRepository(db).prepare_database()
         except BaseException as exc:  # reported below
             errors.append(exc)
         finally:
@@ -346,7 +345,7 @@ def test_workers_starting_together_backfill_once(tmp_path: Path) -> None:
 def test_counts_stay_exact_under_concurrent_writers(tmp_path: Path) -> None:
     path = tmp_path / "media.db"
     repo = SqliteMediaRepository(SqliteDatabase(path, timeout=30.0))
-    repo.ensure_schema()
+    repo.prepare_database()
     rng = random.Random(41)
     pending = [
         make_item(random_time(rng, T0_MS, 10), ItemState.PENDING, application=app)
@@ -487,7 +486,7 @@ def test_credential_writes_and_schema_are_durable(tmp_path: Path) -> None:
     db = SqliteDatabase(tmp_path / "media.db")
     store = SqliteCredentialStore(db)
     statements = traced(db)
-    store.ensure_schema()
+    store.prepare_database()
     assert "CREATE" in durable_statements(statements)
     statements.clear()
     store.add_account(Account("key", b"s", b"d"))

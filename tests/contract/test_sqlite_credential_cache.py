@@ -45,7 +45,7 @@ def stores(tmp_path: Path) -> Iterator[tuple[SqliteCredentialStore, SqliteCreden
     first_db = SqliteDatabase(tmp_path / "media.db")
     second_db = SqliteDatabase(tmp_path / "media.db")
     first, second = SqliteCredentialStore(first_db), SqliteCredentialStore(second_db)
-    first.ensure_schema()
+    first.prepare_database()
     yield first, second
     first_db.close()
     second_db.close()
@@ -124,7 +124,7 @@ def test_an_entry_expires_even_without_a_write(
 def test_a_disable_by_another_process_is_seen_at_once(tmp_path: Path) -> None:
     db = SqliteDatabase(tmp_path / "media.db")
     reader = SqliteCredentialStore(db)
-    reader.ensure_schema()
+    reader.prepare_database()
     reader.add_account(_account())
     assert reader.get_account("key-1") is not None
     script = (
@@ -142,7 +142,7 @@ def test_a_disable_by_another_process_is_seen_at_once(tmp_path: Path) -> None:
 def test_without_a_generation_file_every_lookup_asks(tmp_path: Path) -> None:
     db = SqliteDatabase(tmp_path / "media.db")
     store = SqliteCredentialStore(db)
-    store.ensure_schema()
+    store.prepare_database()
     store._generation = None
     store.add_account(_account())
     counting = _Counting(store)

@@ -21,7 +21,7 @@ NOW = T0 + timedelta(hours=1)
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[SqliteMediaRepository]:
     repository = SqliteMediaRepository(SqliteDatabase(tmp_path / "media.db", timeout=5.0))
-    repository.ensure_schema()
+    repository.prepare_database()
     yield repository
     repository.db.close()
 
@@ -34,7 +34,7 @@ def plan(repo: SqliteMediaRepository, sql: str, params: object) -> str:
 def test_a_database_from_before_expiry_gains_the_column_and_its_indexes(tmp_path: Path) -> None:
     path = tmp_path / "media.db"
     old = SqliteMediaRepository(SqliteDatabase(path))
-    old.ensure_schema()
+    old.prepare_database()
     item = add(old, time_created=T0)
     old.db.close()
     with sqlite3.connect(path) as conn:  # back to the schema before expiry
@@ -46,7 +46,7 @@ def test_a_database_from_before_expiry_gains_the_column_and_its_indexes(tmp_path
 
     repo = SqliteMediaRepository(SqliteDatabase(path))
     try:
-        repo.ensure_schema()
+        repo.prepare_database()
         got = repo.get(item.id)
         assert got is not None and got.expires_at is None  # an old row never expires
         names = {row[0] for row in repo.db.fetch("SELECT name FROM sqlite_schema")}
@@ -59,7 +59,7 @@ def test_a_database_from_before_expiry_gains_the_column_and_its_indexes(tmp_path
         assert [i.id for i in repo.search(query).items] == [item.id]
         assert repo.update(item.id, {"expires_at": NOW}, NOW - MINUTE) is not None
         assert [i.id for i in repo.iter_expired(NOW)] == [item.id]
-        repo.ensure_schema()  # and again: idempotent
+        repo.prepare_database()  # and again: idempotent
     finally:
         repo.db.close()
 

@@ -397,5 +397,4 @@ def test_real_full_tmpfs(tmpfs: Path) -> None:
         assert ready.status_code == 200, ready.get_data(as_text=True)
         assert upload(1000).status_code == 201
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()

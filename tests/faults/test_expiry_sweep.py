@@ -32,7 +32,7 @@ def stored(backends: Backends, expires_at: datetime | None, content: bytes = b"b
     """A READY item with its bytes, as a finished upload leaves it."""
     item = replace(make_item(ItemState.READY, utc_now(), content=content), expires_at=expires_at)
     backends.media.insert(item)
-    backends.blobs.put(item.store_key, io.BytesIO(content))
+    backends.blobs.put(item.id, io.BytesIO(content))
     return item
 
 
@@ -44,7 +44,7 @@ def test_expired_items_go_with_their_bytes_and_live_ones_stay(backends: Backends
     report = sweep(backends, now=now, grace=GRACE)
     assert report == SweepReport(expired_removed=3)
     assert {item.id for item in all_items(backends)} == {later.id, never.id}
-    assert blob_keys(backends) == {later.store_key, never.store_key}
+    assert blob_keys(backends) == {later.id, never.id}
     assert all(backends.media.get(item.id, include_hidden=True) is None for item in expired)
     assert sweep(backends, now=now, grace=GRACE) == SweepReport()
     assert_consistent(backends)  # (it sweeps as if in the year 3000: `later` goes too)
@@ -77,7 +77,7 @@ def test_a_failing_step_is_counted_and_finished(
     second = sweep(backends, now=now, grace=GRACE)
     assert second.expired_removed == len(left) and second.errors == 0
     assert {item.id for item in all_items(backends)} == {never.id}
-    assert blob_keys(backends) == {never.store_key}
+    assert blob_keys(backends) == {never.id}
     assert all(backends.media.get(item.id, include_hidden=True) is None for item in expired)
 
 
@@ -106,13 +106,12 @@ def test_cli_sweep_reports_how_many_expired_items_it_removed(
         assert main(["sweep"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["expired_removed"] == 2 and report["errors"] == 0, report
-        assert blob_keys(backends) == {kept.store_key}
+        assert blob_keys(backends) == {kept.id}
         assert all(backends.media.get(item.id, include_hidden=True) is None for item in gone)
         assert main(["sweep"]) == 0
         assert json.loads(capsys.readouterr().out)["expired_removed"] == 0
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 # --------------------------------------------------------------------------- beside traffic

@@ -37,7 +37,6 @@ from tests.faults.conftest import (
     make_item,
     open_multipart_uploads,
     temp_files,
-    unwrap,
 )
 
 MIB = 1024 * 1024
@@ -163,12 +162,12 @@ def test_a_crashed_upload_is_rolled_back_after_the_stale_bound_not_the_grace(
     live = replace(make_item(ItemState.PENDING, now - 2 * GRACE), time_last_updated=now - STALE / 2)
     for item in (dead, live):
         backends.media.insert(item)
-        _leave_partial_upload(backends, item.store_key)
+        _leave_partial_upload(backends, item.id)
 
     report = sweep(backends, now=now, grace=GRACE, stale=STALE)
     assert report == SweepReport(pending_rolled_back=1)
     assert [item.id for item in all_items(backends)] == [live.id]
-    assert _partial_uploads(backends) == [live.store_key]
+    assert _partial_uploads(backends) == [live.id]
     assert blob_keys(backends) == set()
 
 
@@ -177,20 +176,20 @@ def test_a_crashed_uploads_multipart_upload_goes_without_a_bucket_wide_listing(
 ) -> None:
     """MinIO lists multipart uploads only for an exact object key: rolling back a dead PENDING
     item aborts its key's uploads directly, whatever the bucket-wide listing shows."""
-    blobs = unwrap(backends.blobs)
+    blobs: Any = backends.blobs
     if not hasattr(blobs, "client"):
         pytest.skip("S3 only")
     monkeypatch.setattr(type(blobs), "abort_stale_uploads", lambda *args: 0)
     now = utc_now()
     dead = make_item(ItemState.PENDING, now - 2 * STALE)
     backends.media.insert(dead)
-    _leave_partial_upload(backends, dead.store_key)
+    _leave_partial_upload(backends, dead.id)
     assert sweep(backends, now=now, grace=GRACE, stale=STALE) == SweepReport(pending_rolled_back=1)
     assert _partial_uploads(backends) == []
 
 
 def _leave_partial_upload(backends: Backends, key: str) -> None:
-    blobs = unwrap(backends.blobs)
+    blobs: Any = backends.blobs
     if hasattr(blobs, "client"):  # S3: a multipart upload that was never completed
         blobs.client.create_multipart_upload(Bucket=blobs.bucket, Key=blobs.prefix + key)
     else:
@@ -200,7 +199,7 @@ def _leave_partial_upload(backends: Backends, key: str) -> None:
 
 
 def _partial_uploads(backends: Backends) -> list[str]:
-    blobs = unwrap(backends.blobs)
+    blobs: Any = backends.blobs
     if hasattr(blobs, "client"):
         return [key.removeprefix(blobs.prefix) for key in open_multipart_uploads(backends)]
     return [path.name.split(".")[0] for path in temp_files(backends)]
@@ -231,5 +230,4 @@ def test_the_command_takes_the_stale_bound_from_settings_or_its_option(
         assert json.loads(capsys.readouterr().out)["pending_rolled_back"] == 1
         assert all_items(backends) == []
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()

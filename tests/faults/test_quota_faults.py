@@ -110,8 +110,7 @@ def killable(tmp_path: Path) -> Iterator[tuple[dict[str, str], Backends, dict[st
     backends.media.set_quota(API_KEY, 40 * MIB, None)
     token = base64.b64encode(f"{API_KEY}:{secret}".encode()).decode()
     yield env, backends, {"Authorization": f"Basic {token}"}
-    for closer in backends.closers:
-        closer.close()  # type: ignore[attr-defined]
+    backends.close()
 
 
 def test_worker_killed_mid_upload_then_swept_gives_the_reservation_back(

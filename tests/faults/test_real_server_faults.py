@@ -115,7 +115,7 @@ def world(
         for name, value in s3_env.items():
             monkeypatch.setenv(name, value)  # the in-process backends' boto3 client
         backends = open_backends(Settings.from_env(env))
-        stack.callback(lambda: [closer.close() for closer in backends.closers])  # type: ignore[attr-defined]
+        stack.callback(backends.close)
         backends.blobs.client.create_bucket(Bucket=BUCKET)  # type: ignore[attr-defined]
         secret = generate_secret()
         salt, digest = hash_secret(secret)

@@ -100,8 +100,7 @@ def _offline_url_fetches() -> Iterator[None]:
 @pytest.fixture(scope="module", autouse=True)
 def _close_backends() -> Iterator[None]:
     yield
-    for closer in _BACKENDS.closers:
-        closer.close()  # type: ignore[attr-defined]
+    _BACKENDS.close()
 
 
 def _aim_at_the_stored_item(case: Case) -> None:

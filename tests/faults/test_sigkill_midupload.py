@@ -56,8 +56,7 @@ def store(tmp_path: Path) -> Iterator[tuple[dict[str, str], Backends, dict[str, 
     backends.credentials.add_account(Account(API_KEY, salt, digest))
     token = base64.b64encode(f"{API_KEY}:{secret}".encode()).decode()
     yield env, backends, {"Authorization": f"Basic {token}"}
-    for closer in backends.closers:
-        closer.close()  # type: ignore[attr-defined]
+    backends.close()
 
 
 def start_upload(server: GunicornServer, auth: dict[str, str]) -> socket.socket:

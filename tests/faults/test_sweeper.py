@@ -51,7 +51,7 @@ def leave(
     item = make_item(state, created, content=content)
     backends.media.insert(item)
     if with_blob:
-        backends.blobs.put(item.store_key, io.BytesIO(content))
+        backends.blobs.put(item.id, io.BytesIO(content))
     return item
 
 
@@ -93,7 +93,7 @@ def test_young_pending_is_left_alone(backends: Backends) -> None:
     report = sweep(backends, now=later, grace=GRACE)
     assert report.pending_rolled_back == 1  # in_flight, by then a dead upload
     assert not exists(backends, in_flight)
-    assert exists(backends, young_then) and young_then.store_key in blob_keys(backends)
+    assert exists(backends, young_then) and young_then.id in blob_keys(backends)
 
 
 def test_deleting_items_are_finished_whatever_their_age(backends: Backends) -> None:
@@ -125,7 +125,7 @@ def test_ready_items_and_their_bytes_are_kept(backends: Backends) -> None:
     report = sweep(backends, now=now + 2 * GRACE, grace=GRACE)
     assert report == SweepReport()
     assert backends.media.get(ready.id) == ready
-    stream = backends.blobs.open(ready.store_key)
+    stream = backends.blobs.open(ready.id)
     try:
         assert b"".join(stream) == b"keep me"
     finally:
@@ -169,12 +169,12 @@ def test_items_that_change_between_listing_and_check_are_not_reported(
 
     def list_without_it() -> Any:
         # As if listed just before the upload's put: the bytes are not seen.
-        return (blob for blob in real_list() if blob.key != item.store_key)
+        return (blob for blob in real_list() if blob.key != item.id)
 
     def delete_then_open(key: str, start: int = 0, length: int | None = None) -> Any:
         if meanwhile == "item-deleted":
             backends.media.mark_deleting(item.id)
-            backends.blobs.delete(item.store_key)
+            backends.blobs.delete(item.id)
         return real_open(key, start, length)
 
     backends.blobs.list_blobs = list_without_it  # type: ignore[method-assign]
@@ -317,8 +317,7 @@ def test_zero_grace_removes_a_crashed_uploads_temp_file(tmp_path: Path) -> None:
         sweep(backends, now=utc_now(), grace=timedelta(0))
         assert temp_files(backends) == []
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 def test_temp_files_past_the_floor_are_removed(tmp_path: Path) -> None:
@@ -334,8 +333,7 @@ def test_temp_files_past_the_floor_are_removed(tmp_path: Path) -> None:
         sweep(backends, now=utc_now(), grace=GRACE)
         assert temp_files(backends) == []
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 # --------------------------------------------------------------------------- the command
@@ -369,13 +367,12 @@ def test_cli_sweep_prints_a_json_report(
         }
         assert not exists(backends, pending)
         assert [item.id for item in all_items(backends)] == [ready.id]
-        assert blob_keys(backends) == {ready.store_key}
+        assert blob_keys(backends) == {ready.id}
 
         assert main(["sweep", "--grace-seconds", "0"]) == 0
         assert json.loads(capsys.readouterr().out) == SweepReport().as_dict()
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 def test_cli_sweep_exits_1_when_ready_items_lack_their_blob(
@@ -392,8 +389,7 @@ def test_cli_sweep_exits_1_when_ready_items_lack_their_blob(
         assert report["errors"] == 0
         assert exists(backends, lost)
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 def test_cli_sweep_keeps_young_uploads_by_default(
@@ -408,5 +404,4 @@ def test_cli_sweep_keeps_young_uploads_by_default(
         assert json.loads(capsys.readouterr().out)["pending_rolled_back"] == 0
         assert exists(backends, in_flight)
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()

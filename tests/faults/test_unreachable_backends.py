@@ -27,7 +27,7 @@ import pytest
 
 from media_service.auth import generate_secret, hash_secret, make_token
 from media_service.backends import open_backends
-from media_service.schema_guard import RETRY_SECONDS as SCHEMA_RETRY_SECONDS
+from media_service.database_setup import RETRY_SECONDS as SETUP_RETRY_SECONDS
 from media_service.settings import Settings, sqlite_path
 from media_service.storage import mongo
 from media_service.storage.interfaces import (
@@ -223,7 +223,7 @@ def test_every_endpoint_answers_503_when_the_database_is_unreachable(
         assert_alive("healthz", answers.pop("healthz"))
         for name, answer in answers.items():
             assert_unavailable(name, answer, DATABASE_BOUND)
-        time.sleep(SCHEMA_RETRY_SECONDS)  # the next round retries the schema set-up too
+        time.sleep(SETUP_RETRY_SECONDS)  # the next round retries the database set-up too
     assert server.process.poll() is None, server.log()
 
 
@@ -237,11 +237,12 @@ def test_every_mongo_call_gives_up_within_its_timeout(tcp_proxy: Callable[..., T
         storage_url="file:///nonexistent",
         backend_timeout=timeout,
     )
-    media, credentials, database = mongo.from_settings(settings)
+    database = mongo.MongoDatabase.from_settings(settings)
+    media, credentials = mongo.MongoMediaRepository(database), mongo.MongoCredentialStore(database)
     item = make_item(ItemState.PENDING, datetime.now(UTC))
     query = SearchQuery(SearchScope("acct"), datetime.now(UTC), None, False, 0, 20)
     calls: dict[str, Callable[[], object]] = {
-        "ensure_schema": media.ensure_schema,
+        "prepare_database": media.prepare_database,
         "insert": lambda: media.insert(item),
         "get": lambda: media.get(item.id),
         "mark_ready": lambda: media.mark_ready(item.id, {"etag": "0" * 32}),
@@ -251,7 +252,7 @@ def test_every_mongo_call_gives_up_within_its_timeout(tcp_proxy: Callable[..., T
         "remove": lambda: media.remove(item.id),
         "search": lambda: media.search(query),
         "iter_hidden": lambda: list(media.iter_hidden(datetime.now(UTC))),
-        "ids_with_keys": lambda: media.ids_with_keys([item.id]),
+        "referenced_keys": lambda: media.referenced_keys([item.id]),
         "ping": media.ping,
         "get_account": lambda: credentials.get_account("acct"),
         "get_application": lambda: credentials.get_application("app"),
@@ -289,8 +290,7 @@ def embedded(tmp_path: Path) -> Iterator[EmbeddedStore]:
     secret = generate_secret()
     backends.credentials.add_account(Account(API_KEY, *hash_secret(secret)))
     yield EmbeddedStore(env, backends, basic(API_KEY, secret))
-    for closer in backends.closers:
-        closer.close()  # type: ignore[attr-defined]
+    backends.close()
 
 
 def upload(server: GunicornServer, auth: dict[str, str], content: bytes) -> str:
@@ -424,8 +424,7 @@ def test_stalled_s3_is_503_within_the_retry_bound_and_nothing_leaks(
         status, _, body = server.request("GET", f"/v3/media/{to_download}", headers=auth)
         assert status == 200 and body == b"bytes to download"
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
 
 
 # --------------------------------------------------------------------------- the tool itself

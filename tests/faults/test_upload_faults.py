@@ -94,7 +94,7 @@ def test_put_and_its_cleanup_failing_leave_only_invisible_state(
 
     [left] = all_items(faulty.backends)
     assert left.state is ItemState.PENDING
-    assert blob_keys(faulty.backends) == {left.store_key}
+    assert blob_keys(faulty.backends) == {left.id}
     assert_nothing_visible(faulty.client, owner)
     assert faulty.client.get(f"/v3/media/{left.id}/info", headers=owner.basic).status_code == 404
     assert faulty.client.get(f"/v3/media/{left.id}", headers=owner.basic).status_code == 404
@@ -162,7 +162,7 @@ def test_metadata_write_failing_after_the_bytes_were_stored(
         assert visible == [], "a failed upload left a visible item"
         assert_nothing_visible(faulty.client, owner)
     for item in visible:  # only when the undo could not reach the database
-        assert item.store_key in blob_keys(faulty.backends), "a visible item lost its bytes"
+        assert item.id in blob_keys(faulty.backends), "a visible item lost its bytes"
 
     faulty.heal()
     assert_consistent(faulty.backends)
@@ -459,8 +459,7 @@ def s3_app(tmp_path: Path, rsa_keypair: tuple[str, str]) -> Iterator[S3App]:
         try:
             yield S3App(backends, app.test_client(), S3Hooks(backends.blobs.client), owner)  # type: ignore[attr-defined]
         finally:
-            for closer in backends.closers:
-                closer.close()  # type: ignore[attr-defined]
+            backends.close()
 
 
 def timed_upload(s3: S3App, content: bytes = CONTENT) -> tuple[Any, float]:

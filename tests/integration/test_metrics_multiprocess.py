@@ -96,8 +96,7 @@ def _provision(data_dir: Path) -> tuple[str, str]:
         salt, digest = hash_secret(secret)
         backends.credentials.add_account(Account("metricsacct", salt, digest))
     finally:
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()
     return "metricsacct", secret
 
 

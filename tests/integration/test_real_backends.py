@@ -178,5 +178,4 @@ def test_the_compose_settings_work_on_the_real_servers() -> None:
         media.ping()
     finally:
         real_backends.drop_database("media")
-        for closer in backends.closers:
-            closer.close()  # type: ignore[attr-defined]
+        backends.close()

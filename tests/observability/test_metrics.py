@@ -19,7 +19,6 @@ from media_service.errors import PayloadTooLarge
 from media_service.factory import create_app
 from media_service.observability import instrument
 from media_service.observability.metrics import exposition, multiprocess_mode
-from media_service.observability.ports import InstrumentedPort
 from media_service.settings import Settings
 from media_service.storage.interfaces import (
     Backends,
@@ -166,8 +165,8 @@ def test_a_failing_backend_is_a_503_and_an_error_count(
     def down(*args: Any, **kwargs: Any) -> Any:
         raise BackendUnavailable("media repository", "timed out")
 
-    # Patch the adapter itself: the app only holds the instrumented proxy around it.
-    monkeypatch.setattr(backends.media, "get", down)
+    # Patch the adapter's class: the app's adapter times whatever its class holds.
+    monkeypatch.setattr(type(backends.media), "get", down)
     with client.get(f"/v3/media/{item_id}/info", headers=owner.basic) as response:
         assert response.status_code == 503
         assert response.mimetype == "application/problem+json"
@@ -202,7 +201,7 @@ def test_every_port_call_is_timed(
     assert calls("media_repository", "count_download") == 1
 
 
-# --------------------------------------------------------------------------- the proxies
+# --------------------------------------------------------------------------- instrumented ports
 
 
 class FakeStore:
@@ -247,41 +246,54 @@ def _instrumented(store: Any) -> Any:
     return instrument(backends).blobs
 
 
-def test_proxies_pass_attributes_and_return_values_through() -> None:
+def test_instrumented_ports_stay_themselves() -> None:
     store = FakeStore()
-    proxy = _instrumented(store)
-    assert isinstance(proxy, InstrumentedPort) and proxy.wrapped is store
-    assert proxy.store_id == "fake"
-    assert proxy.open("key") is store
-    assert proxy.from_settings.__self__ is FakeStore  # classmethods are not operations
+    timed = _instrumented(store)
+    assert timed is store and type(timed) is FakeStore
+    assert timed.store_id == "fake"
+    assert timed.open("key") is store
+    assert timed.from_settings.__self__ is FakeStore  # classmethods are not operations
     store.helper = print  # a callable the adapter holds comes back as itself
-    assert proxy.helper is print
+    assert timed.helper is print
     for member in ("store_id", "put", "open", "delete", "list_blobs", "ping"):
-        assert hasattr(proxy, member), member  # every member of the BlobStore protocol
-    proxy.limit = 5  # writes reach the adapter
-    assert store.limit == 5
-    assert list(proxy.list_blobs()) == [0, 1, 2, 3, 4]
+        assert hasattr(timed, member), member  # every member of the BlobStore protocol
+    assert list(timed.list_blobs()) == [0, 1, 2]
     with pytest.raises(BlobNotFound):
-        proxy.open("missing")
+        timed.open("missing")
     with pytest.raises(AttributeError):
-        proxy.no_such_method  # noqa: B018
+        timed.no_such_method  # noqa: B018
 
 
-def test_instrument_is_idempotent_and_keeps_the_closers(backends: Backends) -> None:
+def test_an_adapter_calling_itself_is_timed_once() -> None:
+    class Calling(FakeStore):
+        def delete(self, key: str) -> None:
+            self.ping()
+
+    store = _instrumented(Calling())
+    before = _scrape_process()
+    store.delete("key")
+    after = _scrape_process()
+    name = "media_backend_operation_duration_seconds_count"
+    assert moved(before, after, name, port="blob_store", operation="delete") == 1
+    assert moved(before, after, name, port="blob_store", operation="ping") == 0
+
+
+def test_instrument_is_idempotent_and_keeps_the_backends(backends: Backends) -> None:
     once = instrument(backends)
+    timed_get = once.media.get
     twice = instrument(once)
-    assert twice.blobs is once.blobs and twice.media is once.media
-    assert once.closers is backends.closers
+    assert once is backends and twice is backends
+    assert twice.media.get is timed_get  # not timed twice
     assert once.blobs.store_id == backends.blobs.store_id
 
 
 def test_file_streams_keep_their_file(app: Flask, owner: Credentials, upload: Uploader) -> None:
     item_id = upload(owner.basic, b"abc").get_json()["id"]
     blobs = state(app).backends.blobs
-    assert isinstance(blobs, InstrumentedPort)
+    assert hasattr(vars(blobs)["open"], "__instrumented__")
     item = state(app).backends.media.get(item_id)
     assert item is not None
-    stream = blobs.open(item.store_key)
+    stream = blobs.open(item.id)
     try:
         if blobs.store_id == "file":
             assert stream.file.read() == b"abc"
@@ -298,19 +310,19 @@ def _scrape_process() -> Samples:
 
 def test_generators_are_timed_over_their_iteration_and_errors_counted() -> None:
     store = FakeStore()
-    proxy = _instrumented(store)
+    timed = _instrumented(store)
     before = _scrape_process()
 
-    listing = proxy.list_blobs()
+    listing = timed.list_blobs()
     assert next(listing) == 0
     listing.close()  # a consumer that stops early closes the adapter's generator too
     assert store.closed_listing
 
     store.limit = 100
     with pytest.raises(BackendUnavailable):
-        list(proxy.list_blobs())
+        list(timed.list_blobs())
     with pytest.raises(PayloadTooLarge):
-        proxy.put("key", None)
+        timed.put("key", None)
     after = _scrape_process()
 
     def delta(name: str, **labels: str) -> float:

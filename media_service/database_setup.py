@@ -1,7 +1,7 @@
 """Create tables and indexes at start-up, or as soon as the database answers.
 
 A worker must come up even while the database is down (a crash loop would hide the cause and
-never answer): it then serves /healthz, and every other request first retries the schema set-up
+never answer): it then serves /healthz, and every other request first retries the database set-up
 (at most once per RETRY_SECONDS) and answers 503 while the database stays unreachable.
 """
 
@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 2.0
 
 
-class SchemaGuard:
-    """Remembers whether the schema is in place and retries its creation when it is not."""
+class DatabaseSetup:
+    """Remembers whether the tables and indexes are in place and retries them when they are not."""
 
     def __init__(self, backends: Backends) -> None:
         self._backends = backends
@@ -29,7 +29,7 @@ class SchemaGuard:
         self._last_attempt = 0.0
 
     def try_now(self) -> bool:
-        """Ensure the schema; log (not raise) when the database is unreachable."""
+        """Prepare the database; log (not raise) when it is unreachable."""
         # Never queue behind another thread's attempt: it answers for everyone meanwhile.
         if not self._lock.acquire(blocking=False):
             return self._ready
@@ -38,8 +38,8 @@ class SchemaGuard:
                 return True
             self._last_attempt = time.monotonic()
             try:
-                self._backends.media.ensure_schema()
-                self._backends.credentials.ensure_schema()
+                self._backends.media.prepare_database()
+                self._backends.credentials.prepare_database()
             except BackendUnavailable as error:
                 log.warning("database not ready; will retry: %s", error.detail or error)
                 return False
@@ -49,7 +49,7 @@ class SchemaGuard:
             self._lock.release()
 
     def require(self) -> None:
-        """Raise 503 unless the schema is in place (retrying now and then)."""
+        """Raise 503 unless the database is prepared (retrying now and then)."""
         if self._ready:
             return
         if time.monotonic() - self._last_attempt >= RETRY_SECONDS and self.try_now():

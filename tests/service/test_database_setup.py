@@ -12,13 +12,13 @@ from tests.conftest import make_settings
 
 
 class _FlakyBackend:
-    """A port whose ensure_schema fails until `up` is set."""
+    """A port whose prepare_database fails until `up` is set."""
 
     def __init__(self) -> None:
         self.up = False
         self.calls = 0
 
-    def ensure_schema(self) -> None:
+    def prepare_database(self) -> None:
         self.calls += 1
         if not self.up:
             raise BackendUnavailable("database", "connection refused")
@@ -27,15 +27,15 @@ class _FlakyBackend:
 def test_start_with_database_down_then_recover(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from media_service import schema_guard
+    from media_service import database_setup
     from media_service.backends import open_backends
 
     settings = make_settings(tmp_path)
-    backends = open_backends(settings, ensure_schema=False)
+    backends = open_backends(settings, prepare_database=False)
     flaky = _FlakyBackend()
-    real_ensure = backends.media.ensure_schema
-    monkeypatch.setattr(backends.media, "ensure_schema", flaky.ensure_schema)
-    monkeypatch.setattr(schema_guard, "RETRY_SECONDS", 0.0)
+    real_ensure = backends.media.prepare_database
+    monkeypatch.setattr(backends.media, "prepare_database", flaky.prepare_database)
+    monkeypatch.setattr(database_setup, "RETRY_SECONDS", 0.0)
 
     app = create_app(settings, backends=backends)  # must not raise
     client = app.test_client()
@@ -46,7 +46,7 @@ def test_start_with_database_down_then_recover(
 
     flaky.up = True
     real_ensure()
-    # With the schema in place the request reaches authentication (401: no credentials).
+    # With the tables in place the request reaches authentication (401: no credentials).
     assert client.get("/v3/media").status_code == 401
     calls = flaky.calls
     assert client.get("/v3/media").status_code == 401
