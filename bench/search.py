@@ -66,7 +66,7 @@ class Loader:
         self.path = path
         self.now_ms = int(now.timestamp() * 1000)
         self.rng = random.Random(seed)
-        fields = records.ITEM_FIELDS
+        fields = records.STORED_FIELDS
         defaults: dict[str, object] = {
             "application_id": None,
             "original_file_name": "clip.mp4",
@@ -84,6 +84,9 @@ class Loader:
             "description": None,
             "source_url": None,
             "state": "ready",
+            "audio": None,
+            "audio_examined": 1,  # examined, not audio: backfill-audio leaves the rows alone
+            "expires_at": None,
             # filled per row:
             "id": None,
             "account_id": None,
