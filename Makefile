@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PORT ?= 8000
 PYTEST_ARGS ?=
+# pytest-xdist processes for `make test` (2: this project's CI machine has two cores; 0 = serial).
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test lint fmt typecheck bench clean backends test-backends stack
@@ -25,7 +27,7 @@ run: $(STAMP)  ## Serve on the embedded default (SQLite + files under ./var) at 
 	PORT=$(PORT) $(BIN)/gunicorn --config config/gunicorn.conf.py app:app
 
 test: $(STAMP)  ## Run the whole test suite
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 backends: $(STAMP)  ## Build/install MinIO, FerretDB and Ceph RGW into .tools/ (pinned; quick when there)
 	$(BIN)/python -m realservers install

@@ -96,8 +96,7 @@ def utc_now() -> datetime:
 class StagedUpload:
     """Bytes stored and a PENDING document written; not yet visible."""
 
-    item_id: str
-    store_key: str
+    item_id: str  # also the key of its bytes in the blob store
     time_created: datetime
     size: int
     etag: str
@@ -294,7 +293,7 @@ class MediaService:
         try:
             quota.begin()
         except BaseException:
-            self._forget(item_id, item_id)
+            self._forget(item_id)
             raise
         heartbeat = Heartbeat(
             self, item_id, now, timedelta(seconds=self.settings.heartbeat_seconds)
@@ -309,11 +308,10 @@ class MediaService:
         try:
             self.blobs.put(item_id, reader)  # type: ignore[arg-type]
         except BaseException:
-            self._forget(item_id, item_id)
+            self._forget(item_id)
             raise
         return StagedUpload(
             item_id=item_id,
-            store_key=item_id,
             time_created=now,
             size=reader.size,
             etag=reader.md5_hex,
@@ -394,22 +392,22 @@ class MediaService:
         """(facts or None, examined) from bounded reads of the stored bytes; None when the
         store could not be read, so the item is published unexamined for backfill-audio."""
         try:
-            return probe_blob(self.blobs, staged.store_key, staged.size), True
+            return probe_blob(self.blobs, staged.item_id, staged.size), True
         except Exception as error:  # noqa: BLE001 - audio facts never fail an upload
             log.warning("audio facts of %s left for backfill: %s", staged.item_id, error)
             return None
 
     def abandon_upload(self, staged: StagedUpload) -> None:
         """Remove a staged upload (best effort: the sweeper removes whatever this misses)."""
-        self._forget(staged.item_id, staged.store_key)
+        self._forget(staged.item_id)
 
-    def _forget(self, item_id: str, store_key: str) -> None:
+    def _forget(self, item_id: str) -> None:
         # The document first: if a lost reply hid a successful mark_ready, the item is already
         # READY, and removing the bytes first could leave it visible without them. A blob left
         # behind is unreferenced, and the sweeper removes it.
         try:
             self.media.remove(item_id)
-            self.blobs.delete(store_key)
+            self.blobs.delete(item_id)
         except StorageError as error:
             log.warning("cleanup of %s deferred to the sweeper: %s", item_id, error)
 
