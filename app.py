@@ -2,7 +2,7 @@
 
 import sys
 
-from media_service import create_app
+from media_service.factory import create_app
 from media_service.settings import ConfigError
 
 try:

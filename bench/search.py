@@ -34,6 +34,7 @@ from bench.servers import Gunicorn
 from media_service.storage import records
 from media_service.storage.interfaces import SearchQuery, SearchScope
 from media_service.storage.sqlite import (
+    SCOPE_INDEXES,
     TABLES,
     SqliteDatabase,
     SqliteMediaRepository,
@@ -130,7 +131,7 @@ class Loader:
             conn.execute("PRAGMA synchronous = OFF")
             conn.execute("PRAGMA cache_size = -512000")  # 512 MB
             conn.execute("BEGIN IMMEDIATE")
-            for index in _INDEX.findall(TABLES):
+            for index in [*_INDEX.findall(TABLES), *SCOPE_INDEXES]:
                 conn.execute(f"DROP INDEX IF EXISTS {index}")
             # Without its triggers the per-minute count table is rebuilt in one GROUP BY by
             # prepare_database() below, instead of being updated a million times during the load.

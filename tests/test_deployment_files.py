@@ -781,7 +781,7 @@ def test_post_fork_fixes_mallocs_mmap_threshold(monkeypatch: pytest.MonkeyPatch)
 CLOSING_APP = """
 import os
 
-from media_service import create_app
+from media_service.factory import create_app
 from media_service.storage.interfaces import Backends
 
 _close = Backends.close

@@ -77,10 +77,6 @@ CREATE TABLE IF NOT EXISTS media_items (
     audio_examined        INTEGER NOT NULL DEFAULT 0,
     expires_at            INTEGER
 );
-CREATE INDEX IF NOT EXISTS media_items_account
-    ON media_items (account_id, state, time_created, id);
-CREATE INDEX IF NOT EXISTS media_items_application
-    ON media_items (application_id, state, time_created, id);
 CREATE INDEX IF NOT EXISTS media_items_state_time
     ON media_items (state, time_created, id);
 CREATE UNIQUE INDEX IF NOT EXISTS media_items_store_key
@@ -182,6 +178,24 @@ _ADDED_COLUMNS = {
     "audio_examined": "audio_examined INTEGER NOT NULL DEFAULT 0",
     "expires_at": "expires_at INTEGER",
 }
+
+# The scope indexes a search page walks, newest first. expires_at comes last so that a deep page
+# skips its OFFSET rows on the index alone: without it each skipped row was read from the table to
+# judge expiry (page 500 of a 1 M-item account: 35 ms instead of ~9). Created once the column
+# exists; a database whose index lacks it (from before expiry) has it rebuilt, once.
+SCOPE_INDEXES: dict[str, str] = {
+    "media_items_account": "account_id, state, time_created, id, expires_at",
+    "media_items_application": "application_id, state, time_created, id, expires_at",
+}
+
+
+def _ensure_scope_indexes(conn: sqlite3.Connection) -> None:
+    for name, columns in SCOPE_INDEXES.items():
+        present = [row[2] for row in conn.execute(f"PRAGMA index_info({name})")]
+        if present and present != [column.strip() for column in columns.split(",")]:
+            conn.execute(f"DROP INDEX {name}")
+        conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON media_items ({columns})")
+
 
 # Indexes on expiry, created once the column exists (a database from before it gains it first).
 # Partial: items that never expire (most, usually) cost nothing in them. The scope ones count a
@@ -480,6 +494,7 @@ class SqliteDatabase:
                 conn.execute(statement)
         _add_missing_columns(conn)
         ensure_quota_tables(conn)
+        _ensure_scope_indexes(conn)
         for statement in EXPIRY_INDEXES.split(";"):
             if statement.strip():
                 conn.execute(statement)

@@ -31,6 +31,16 @@ def plan(repo: SqliteMediaRepository, sql: str, params: object) -> str:
     return " | ".join(row["detail"] for row in rows)
 
 
+OLD_SCOPE_INDEXES = {
+    "media_items_account": "account_id",
+    "media_items_application": "application_id",
+}
+
+
+def index_columns(repo: SqliteMediaRepository, name: str) -> list[str]:
+    return [row[2] for row in repo.db.fetch(f"PRAGMA index_info({name})")]
+
+
 def test_a_database_from_before_expiry_gains_the_column_and_its_indexes(tmp_path: Path) -> None:
     path = tmp_path / "media.db"
     old = SqliteMediaRepository(SqliteDatabase(path))
@@ -41,6 +51,9 @@ def test_a_database_from_before_expiry_gains_the_column_and_its_indexes(tmp_path
         for index in ("media_items_account_expiry", "media_items_application_expiry"):
             conn.execute(f"DROP INDEX {index}")
         conn.execute("DROP INDEX media_items_expiry")
+        for index, scope in OLD_SCOPE_INDEXES.items():  # as they were, without expires_at
+            conn.execute(f"DROP INDEX {index}")
+            conn.execute(f"CREATE INDEX {index} ON media_items ({scope}, state, time_created, id)")
         conn.execute("ALTER TABLE media_items DROP COLUMN expires_at")
     conn.close()
 
@@ -62,6 +75,42 @@ def test_a_database_from_before_expiry_gains_the_column_and_its_indexes(tmp_path
         repo.prepare_database()  # and again: idempotent
     finally:
         repo.db.close()
+
+
+def test_the_scope_indexes_of_an_old_database_are_rebuilt_with_expiry(tmp_path: Path) -> None:
+    """A deep search page skips its OFFSET rows on the scope index alone only if the index holds
+    expires_at too: an index from before expiry is rebuilt once, and then left alone."""
+    path = tmp_path / "media.db"
+    old = SqliteMediaRepository(SqliteDatabase(path))
+    old.prepare_database()
+    item = add(old, time_created=T0)
+    old.db.close()
+    with sqlite3.connect(path) as conn:
+        for index, scope in OLD_SCOPE_INDEXES.items():
+            conn.execute(f"DROP INDEX {index}")
+            conn.execute(f"CREATE INDEX {index} ON media_items ({scope}, state, time_created, id)")
+    conn.close()
+    repo = SqliteMediaRepository(SqliteDatabase(path))
+    try:
+        repo.prepare_database()
+        for index, scope in OLD_SCOPE_INDEXES.items():
+            expected = [scope, "state", "time_created", "id", "expires_at"]
+            assert index_columns(repo, index) == expected
+        before = {row[0] for row in repo.db.fetch("SELECT sql FROM sqlite_schema")}
+        repo.prepare_database()
+        assert {row[0] for row in repo.db.fetch("SELECT sql FROM sqlite_schema")} == before
+        query = SearchQuery(SearchScope("acc-a"), T0 - MINUTE, None, True, 0, 10, now=NOW)
+        assert [i.id for i in repo.search(query).items] == [item.id]
+    finally:
+        repo.db.close()
+
+
+def test_a_deep_page_skips_its_offset_on_the_scope_index(repo: SqliteMediaRepository) -> None:
+    """The page query's filter, expiry included, is answered by the index's own columns."""
+    query = SearchQuery(SearchScope("acc-a"), T0, None, False, 10_000, 20, now=NOW)
+    where, params = sqlite.search_filter(query)
+    used = {column for column in where.replace("(", " ").split() if column.isidentifier()}
+    assert used - {"AND", "OR", "IS", "NULL"} <= set(index_columns(repo, "media_items_account"))
 
 
 def test_the_sweeper_walks_the_expiry_index_in_order(repo: SqliteMediaRepository) -> None:
