@@ -13,7 +13,6 @@ import re
 import uuid
 
 from flask import Blueprint, Flask, Response, current_app, request
-from marshmallow import ValidationError
 
 from media_service.api.auth import auth_required
 from media_service.api.common import MEDIA_PREFIX, info_url, public_base_url
@@ -29,7 +28,7 @@ from media_service.errors import (
 from media_service.http.body import MinimumRateInput
 from media_service.http.dates import format_http_date
 from media_service.schemas.fields import normalise_mime_type
-from media_service.schemas.media import UploadFieldsSchema, file_name_problem
+from media_service.schemas.media import UploadFieldsSchema, load_upload_fields
 from media_service.service.resumable import CHECKSUM_ALGORITHMS, ResumableService
 from media_service.storage.resumable import ResumableUpload, resumable_ports
 
@@ -227,19 +226,7 @@ def _upload_metadata(header: str | None) -> dict[str, str]:
             problems.setdefault("filetype", []).append("Not a valid media type.")
         elif normalised:
             fields["filetype"] = normalised
-    if "filename" in fields:
-        problem = file_name_problem(fields["filename"])
-        if problem:
-            problems.setdefault("filename", []).append(problem)
-    schema_fields = {k: v for k, v in fields.items() if k != "filetype"}
-    try:
-        UploadFieldsSchema().load(schema_fields)
-    except ValidationError as error:
-        if isinstance(error.messages, dict):
-            for name, reasons in error.messages.items():
-                problems.setdefault(str(name), []).extend(
-                    reasons if isinstance(reasons, list) else [str(reasons)]
-                )
+    load_upload_fields({k: v for k, v in fields.items() if k != "filetype"}, problems)
     if problems:
         raise ValidationFailed.from_messages(problems)
     return fields

@@ -252,6 +252,25 @@ class UploadFieldsSchema(_UpdatableFieldsSchema):
         return data
 
 
+def load_upload_fields(fields: Mapping[str, str], problems: dict[str, list[str]]) -> dict[str, Any]:
+    """`fields` loaded by UploadFieldsSchema and held to the file-name rules, however an upload
+    names them (a multipart or urlencoded form, tus's Upload-Metadata). What is wrong is added to
+    `problems`, for the caller to raise with its own findings; what loaded is returned."""
+    values: dict[str, Any] = {}
+    try:
+        values = UploadFieldsSchema().load(fields)
+    except ValidationError as error:
+        if isinstance(error.messages, dict):
+            for name, reasons in error.messages.items():
+                problems.setdefault(str(name), []).extend(
+                    reasons if isinstance(reasons, list) else [str(reasons)]
+                )
+    name_problem = file_name_problem(fields["filename"]) if "filename" in fields else None
+    if name_problem:
+        problems.setdefault("filename", []).append(name_problem)
+    return values
+
+
 class SearchQuerySchema(Schema):
     """Query of GET /v3/media: unknown parameters (e.g. timestamp, sig) are ignored."""
 

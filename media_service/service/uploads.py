@@ -14,11 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from marshmallow import ValidationError
-
 from media_service.auth import Principal
 from media_service.errors import ValidationFailed
-from media_service.schemas.media import FILE_FIELDS, UploadFieldsSchema, file_name_problem
+from media_service.schemas.media import FILE_FIELDS, file_name_problem, load_upload_fields
 from media_service.storage.interfaces import MediaItem, Readable
 
 if TYPE_CHECKING:
@@ -106,18 +104,7 @@ def receive_url_fields(
 def checked_fields(fields: dict[str, str], problems: Problems, *, has_file: bool) -> dict[str, Any]:
     """The form's fields, validated (UploadFieldsSchema, the file-name rules, a file or a url);
     400 naming every field at fault, `problems` included."""
-    values: dict[str, Any] = {}
-    try:
-        values = UploadFieldsSchema().load(fields)
-    except ValidationError as error:
-        if isinstance(error.messages, dict):
-            for name, reasons in error.messages.items():
-                problems.setdefault(str(name), []).extend(
-                    reasons if isinstance(reasons, list) else [str(reasons)]
-                )
-    name_problem = file_name_problem(fields["filename"]) if "filename" in fields else None
-    if name_problem:
-        problems.setdefault("filename", []).append(name_problem)
+    values = load_upload_fields(fields, problems)
     if has_file and "url" in fields:
         problems.setdefault("url", []).append("Send either a file or a url, not both.")
     if not has_file and "url" not in fields:
