@@ -243,6 +243,33 @@ def request_id() -> str:
     return getattr(g, "request_id", None) or "-"
 
 
+def problem_document(
+    status: int,
+    title: str,
+    detail: str,
+    instance: str,
+    *,
+    slug: str | None = None,
+    invalid_parameters: Sequence[Mapping[str, str]] | None = None,
+) -> dict[str, Any]:
+    """The one problem+json document (RFC 7807) of every error: the app's, and the hardened
+    worker's for requests that never reach it (serving/worker.py)."""
+    # Details may quote client input: keep the document valid UTF-8 whatever was quoted.
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug if slug else "about:blank",
+        "title": printable_text(title),
+        "status": status,
+        "detail": printable_text(detail),
+        "instance": instance,
+    }
+    if invalid_parameters:
+        body["invalid_parameters"] = [
+            {printable_text(str(k)): printable_text(str(v)) for k, v in entry.items()}
+            for entry in invalid_parameters
+        ]
+    return body
+
+
 def problem_response(
     status: int,
     title: str,
@@ -252,19 +279,9 @@ def problem_response(
     invalid_parameters: Sequence[Mapping[str, str]] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    # Details may quote client input: keep the document valid UTF-8 whatever was quoted.
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_BASE + slug if slug else "about:blank",
-        "title": printable_text(title),
-        "status": status,
-        "detail": printable_text(detail),
-        "instance": request_id(),
-    }
-    if invalid_parameters:
-        body["invalid_parameters"] = [
-            {printable_text(str(k)): printable_text(str(v)) for k, v in entry.items()}
-            for entry in invalid_parameters
-        ]
+    body = problem_document(
+        status, title, detail, request_id(), slug=slug, invalid_parameters=invalid_parameters
+    )
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
     for name, value in (headers or {}).items():
         response.headers[name] = value

@@ -35,6 +35,7 @@ from gunicorn.http import errors as http_errors
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers import gthread
 
+from media_service.errors import PROBLEM_JSON, problem_document
 from media_service.serving.limits import (
     RATE_FLOOR_ENVIRON_KEY,
     ClientTooSlow,
@@ -42,7 +43,6 @@ from media_service.serving.limits import (
     ReadLimits,
 )
 
-PROBLEM_JSON = "application/problem+json"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # what the app accepts (factory.py)
 _RECV_SIZE = 64 * 1024
 # Bodies up to this size are read by the event loop before the request gets a thread, as nginx
@@ -418,15 +418,7 @@ def _incoming_request_id(req: Any) -> str:
 
 def problem_response(status: int, title: str, detail: str, request_id: str) -> bytes:
     """A complete HTTP/1.1 response carrying a problem document; the connection closes after."""
-    body = json.dumps(
-        {
-            "type": "about:blank",
-            "title": title,
-            "status": status,
-            "detail": detail,
-            "instance": request_id,
-        }
-    ).encode()
+    body = json.dumps(problem_document(status, title, detail, request_id)).encode()
     head = (
         f"HTTP/1.1 {status} {title}\r\n"
         "Connection: close\r\n"
