@@ -47,8 +47,8 @@ _BATCH = 500  # rows per sweeper page, and bound parameters per IN (...) list
 _MINUTE_MS = 60_000
 
 # Times are INTEGER epoch milliseconds (UTC): they compare and index as plain numbers.
-# The two scope indexes end in (state, time_created, id), so a search is a range scan of one
-# scope's READY items, already in the requested order: its cost does not grow with the table.
+# The scope indexes (SCOPE_INDEXES, created once expires_at exists) make a search a range scan
+# of one scope's READY items, already in the requested order: its cost does not grow with the table.
 TABLES = """
 CREATE TABLE IF NOT EXISTS media_items (
     id                    TEXT PRIMARY KEY,
@@ -247,6 +247,14 @@ def _translated() -> Iterator[None]:
             raise StorageFull("database", str(exc)) from exc
         # Locked past busy_timeout, I/O error, disk full, unable to open, not a database...
         raise BackendUnavailable("database", str(exc)) from exc
+
+
+def run_statements(conn: sqlite3.Connection, script: str) -> None:
+    """Run each `;`-separated statement of `script` inside the caller's transaction (unlike
+    executescript, which commits first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def _is_locked(exc: BaseException | None) -> bool:
@@ -489,15 +497,11 @@ class SqliteDatabase:
         present = conn.execute(
             f"SELECT count(*) FROM sqlite_schema WHERE name IN ({marks})", _COUNT_OBJECTS
         ).fetchone()[0]
-        for statement in TABLES.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        run_statements(conn, TABLES)
         _add_missing_columns(conn)
         ensure_quota_tables(conn)
         _ensure_scope_indexes(conn)
-        for statement in EXPIRY_INDEXES.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        run_statements(conn, EXPIRY_INDEXES)
         for trigger in COUNT_TRIGGERS.values():
             conn.execute(trigger)
         if present < len(_COUNT_OBJECTS):

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from media_service.storage import records
 from media_service.storage.resumable import Claim, ResumableUpload
-from media_service.storage.sqlite import SqliteDatabase, from_ms, to_ms
+from media_service.storage.sqlite import SqliteDatabase, from_ms, run_statements, to_ms
 
 # `upload_offset`: OFFSET is an SQL keyword. The lease is (lock_token, lock_until).
 TABLES = """
@@ -37,12 +37,6 @@ WHERE id = :id AND media_id IS NULL
 """
 
 
-def _create_table(conn: sqlite3.Connection) -> None:
-    for statement in TABLES.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-
-
 class SqliteUploadRepository:
     """Resumable upload records in the `resumable_uploads` table."""
 
@@ -56,7 +50,7 @@ class SqliteUploadRepository:
         with self._setup_lock:
             if self._prepared:
                 return
-            self.db.set_up(_create_table)
+            self.db.set_up(lambda conn: run_statements(conn, TABLES))
             self._prepared = True
 
     def create(self, upload: ResumableUpload) -> None:
