@@ -159,6 +159,16 @@ def _status_kib(pid: int, field_name: str) -> int:
     raise KeyError(field_name)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes `pids` (every thread) have used so far."""
+    ticks = 0
+    for pid in pids:
+        # /proc/<pid>/stat: fields 14 and 15 are utime and stime, counted after the "(comm)".
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     return _status_kib(pid, "VmRSS") * 1024
 

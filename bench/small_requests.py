@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from bench import commits
 from bench.client import WrkResult, upload_file, wrk
-from bench.measure import Figure, RunContext, Target, alternate, median, ratio_figure
+from bench.measure import (
+    Figure,
+    RunContext,
+    Target,
+    alternate,
+    cpu_seconds,
+    median,
+    ratio_figure,
+)
 from bench.servers import Gunicorn
 
 # Issue #12's targets.
@@ -42,19 +50,28 @@ def run(ctx: RunContext) -> list[Figure]:
             "1 KiB download": (f"{service.url}/v3/media/{item_id}", auth),
             "service /healthz": (f"{service.url}/healthz", {}),
         }
+        workers = {name: bare if name == "bare Flask" else service for name in endpoints}
         results: dict[str, list[WrkResult]] = {name: [] for name in endpoints}
+        # CPU of the app's workers per request answered: what each request costs the server,
+        # whatever share of the machine it got while wrk ran (wrk's own CPU is not in it).
+        worker_us: dict[str, list[float]] = {name: [] for name in endpoints}
 
         def runner(name: str, duration: float) -> float:
             url, headers = endpoints[name]
+            pids = workers[name].worker_pids()
+            before = cpu_seconds(pids)
             result = wrk(
                 ctx.tools["wrk"], url, connections=CONNECTIONS, seconds=duration, headers=headers
             )
+            spent = cpu_seconds(pids) - before
             results[name].append(result)
+            worker_us[name].append(spent * 1e6 / max(result.requests, 1))
             return result.requests_per_s
 
         for name in endpoints:  # warm every worker's imports, caches and connections
             runner(name, 1.0)
             results[name].clear()
+            worker_us[name].clear()
         ctx.log(f"  wrk: {rounds} rounds of {len(endpoints)} x {seconds:.0f} s")
         samples = alternate(
             rounds, {name: (lambda n=name: runner(n, seconds)) for name in endpoints}
@@ -89,6 +106,7 @@ def run(ctx: RunContext) -> list[Figure]:
             figure.notes.append(_latency_note(name, results[name]))
             figures.append(figure)
         figures[0].notes.append(_latency_note("bare Flask", results["bare Flask"]))
+        figures[0].notes.append(_worker_cpu_note(worker_us))
         evidence, rates = commits.evidence(service.data_dir)
         figures[1].notes.append(evidence)
         healthz = figures[2].value or 0.0
@@ -165,6 +183,20 @@ def _tail_latency(
             f"WARNING: {bad} non-2xx responses or socket errors at 200 connections."
         )
     return figure
+
+
+def _worker_cpu_note(worker_us: dict[str, list[float]]) -> str:
+    """Worker CPU per request, and the ratios it alone would give (bare's cost ÷ each one's)."""
+    bare = median(worker_us["bare Flask"])
+    parts = [f"bare Flask {bare:,.0f} µs"] + [
+        f"{name} {median(values):,.0f} µs (ratio by CPU {bare / median(values):.2f})"
+        for name, values in worker_us.items()
+        if name != "bare Flask"
+    ]
+    return (
+        "Worker CPU per request (user + system of the app's gunicorn workers ÷ requests "
+        "answered, medians of the runs): " + ", ".join(parts) + "."
+    )
 
 
 def _latency_note(name: str, runs: list[WrkResult]) -> str:
