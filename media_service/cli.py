@@ -59,6 +59,7 @@ def main(
     parser = _parser()
     args = parser.parse_args(argv)
     args.given_backends, args.given_settings = backends, settings
+    args.opened_backends = []  # what this run opened itself, closed before it returns
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.handler(args))
@@ -71,6 +72,8 @@ def main(
     except StorageError as error:
         print(f"media-service: backend error: {error}", file=sys.stderr)
         return 1
+    finally:
+        _close_opened(args.opened_backends)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -159,9 +162,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open(args: argparse.Namespace) -> Backends:
+def _open(args: argparse.Namespace, settings: Settings | None = None) -> Backends:
+    """The caller's backends (tests), or ones opened from `settings` and closed by main()."""
     given: Backends | None = getattr(args, "given_backends", None)
-    return given if given is not None else open_backends(_settings(args))
+    if given is not None:
+        return given
+    backends = open_backends(settings if settings is not None else _settings(args))
+    args.opened_backends.append(backends)
+    return backends
+
+
+def _close_opened(opened: list[Backends]) -> None:
+    # Database clients, connection pools and their threads go now, not at interpreter exit
+    # (pymongo's monitors warn then). A failure to close is reported, not raised: the
+    # command's own outcome is already decided and printed.
+    for backends in opened:
+        try:
+            backends.close()
+        except Exception as error:  # noqa: BLE001 - any client's close may fail its own way
+            print(f"media-service: closing the backends failed: {error}", file=sys.stderr)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -241,7 +260,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if grace < 0 or stale < 0:
         raise CliError("--grace-seconds and --stale-seconds must be >= 0")
     report = sweep(
-        open_backends(settings),
+        _open(args, settings),
         now=utc_now(),
         grace=timedelta(seconds=grace),
         stale=timedelta(seconds=stale),

@@ -490,3 +490,73 @@ def test_through_the_environment_on_sqlite(
     assert run("accounts", "delete", "--api-key", "envacct1")[0] == 0
     status, out, err = run("accounts", "show", "--api-key", "envacct1")
     assert (status, out, err) == (1, "", "media-service: no account with api key envacct1\n")
+
+
+class _RecordingCloser:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.closed = 0
+        self.error = error
+
+    def close(self) -> None:
+        self.closed += 1
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [
+        (("accounts", "create", "--api-key", "closeacct"), 0),
+        (("accounts", "show", "--api-key", "nobody"), 1),  # refused: closed all the same
+        (("sweep",), 0),
+    ],
+)
+def test_backends_the_cli_opens_are_closed_before_it_returns(
+    cli_env: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: tuple[str, ...],
+    status: int,
+) -> None:
+    import media_service.cli as cli_module
+
+    opened: list[_RecordingCloser] = []
+    real_open = cli_module.open_backends
+
+    def open_recorded(settings: Settings) -> Backends:
+        backends = real_open(settings)
+        closer = _RecordingCloser()
+        backends.closers.append(closer)
+        opened.append(closer)
+        return backends
+
+    monkeypatch.setattr(cli_module, "open_backends", open_recorded)
+    assert main(list(argv)) == status
+    assert [closer.closed for closer in opened] == [1]
+
+
+def test_a_failing_close_is_reported_and_keeps_the_commands_status(
+    cli_env: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import media_service.cli as cli_module
+
+    real_open = cli_module.open_backends
+
+    def open_failing(settings: Settings) -> Backends:
+        backends = real_open(settings)
+        backends.closers.append(_RecordingCloser(OSError("pool already gone")))
+        return backends
+
+    monkeypatch.setattr(cli_module, "open_backends", open_failing)
+    capsys.readouterr()
+    assert main(["accounts", "create", "--api-key", "closefail"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["api_key"] == "closefail"
+    assert err == "media-service: closing the backends failed: pool already gone\n"
+
+
+def test_injected_backends_are_left_open(cli: Cli, backends: Backends) -> None:
+    closer = _RecordingCloser()
+    backends.closers.append(closer)
+    assert cli("accounts", "create", "--api-key", "keepopen")[0] == 0
+    assert closer.closed == 0
