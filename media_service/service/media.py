@@ -17,14 +17,11 @@ any point leaves either nothing visible or a state the sweeper (service/sweeper.
 from __future__ import annotations
 
 import logging
-import mimetypes
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
-
-import puremagic
 
 from media_service.auth import Principal
 from media_service.errors import (
@@ -41,10 +38,10 @@ from media_service.errors import (
     ValidationFailed,
 )
 from media_service.schemas.expiry import Expiry
-from media_service.schemas.fields import normalise_mime_type
 from media_service.schemas.media import file_name_problem
 from media_service.service.audio import probe_blob
 from media_service.service.disk import DiskGuard
+from media_service.service.mime_types import DEFAULT_MIME_TYPE, choose_mime_type
 from media_service.service.quota import QuotaMeter
 from media_service.service.streams import HashingReader
 from media_service.service.uploads import (
@@ -82,7 +79,6 @@ from media_service.storage.interfaces import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIME_TYPE = "application/octet-stream"
 SEARCH_DEFAULT_WINDOW = timedelta(days=7)
 
 
@@ -539,30 +535,3 @@ class MediaService:
 
 def _limit_reached(item: MediaItem) -> bool:
     return 0 < item.max_downloads_allowed <= item.times_downloaded
-
-
-def choose_mime_type(part_content_type: str | None, head: bytes, file_name: str) -> str:
-    """The part's type when specific, else sniffed from the bytes, else from the name (SPEC §1)."""
-    declared = normalise_mime_type(part_content_type) if part_content_type else None
-    if declared and declared.split(";")[0] not in ("application/octet-stream", "*/*"):
-        return declared
-    sniffed = _sniff(head)
-    if sniffed:
-        return sniffed
-    guessed, _ = mimetypes.guess_type(file_name, strict=False)
-    if guessed and normalise_mime_type(guessed):
-        return guessed
-    return DEFAULT_MIME_TYPE
-
-
-def _sniff(head: bytes) -> str | None:
-    if not head:
-        return None
-    try:
-        matches = puremagic.magic_string(head)
-    except (puremagic.PureError, ValueError):
-        return None
-    for match in matches:
-        if match.mime_type and normalise_mime_type(match.mime_type):
-            return normalise_mime_type(match.mime_type)
-    return None
