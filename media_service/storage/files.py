@@ -282,10 +282,15 @@ class FileBlobStore:
 
 
 def _copy(source: BinaryIO, out: io.FileIO) -> int:
-    """Copy source to out in 1 MiB reads; errors of source.read propagate unchanged."""
+    """Copy source to out in 1 MiB reads; errors of source.read propagate unchanged.
+
+    An upload's HashingReader also offers readview(): chunks in buffers it reuses, written from
+    there, instead of a new bytes object per chunk.
+    """
+    readview = getattr(source, "readview", None)
     size = 0
     while True:
-        chunk = source.read(CHUNK_SIZE)
+        chunk = readview() if readview is not None else source.read(CHUNK_SIZE)
         if not chunk:
             return size
         view = memoryview(chunk)
