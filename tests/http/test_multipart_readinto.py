@@ -104,3 +104,43 @@ def test_readinto_matches_the_decoder(
     by_read = parse(ShortReads(payload, seed), sizes, into=False)
     by_readinto = parse(ShortReadsInto(payload, seed), sizes, into=True)
     assert by_readinto == by_read
+
+
+class FullReads(ShortReads):
+    """A body whose reads return all that is asked (up to `step`), with readinto or without."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        super().__init__(data, 0)
+        self._step = step
+
+    def _next(self, size: int) -> bytes:
+        chunk = self._data[self._pos : self._pos + min(size, self._step)]
+        self._pos += len(chunk)
+        return chunk
+
+
+class FullReadsInto(FullReads, ShortReadsInto):
+    pass
+
+
+def test_readinto_matches_the_decoder_around_buffer_ends() -> None:
+    """Boundaries and line breaks at every offset around the end of a body read (64 KiB steps:
+    the first goes to the decoder, the next into a file read's buffer) and of a file read."""
+    size = 70_000
+    noise = random.Random(1).choices([b"a", b"\r", b"\n", b"-", b"\r\n"], k=3 * size)
+    filler = b"".join(noise)[: 3 * size]
+    tails = [
+        b"\r\n--" + BOUNDARY + b"--\r\n",
+        b"\n--" + BOUNDARY + b"\r\n",
+        b"\r\n--" + BOUNDARY + b"x\r\n--" + BOUNDARY + b"--\r\n",
+        b"\r\r\n--" + BOUNDARY[:-2] + b"\r\n--" + BOUNDARY + b"--\r\n",
+    ]
+    head = len(body(b"", b""))
+    ends = [2 * 65_536 - head, 65_536 - head + size, size]  # where a read's buffer ends
+    for length in (n for end in ends for n in range(end - 2 * len(BOUNDARY) - 8, end + 8)):
+        for tail in tails:
+            for step in (1 << 20, 65_536):
+                payload = body(filler[:length], tail)
+                by_read = parse(FullReads(payload, step), [size], into=False)
+                by_readinto = parse(FullReadsInto(payload, step), [size], into=True)
+                assert by_readinto == by_read, (length, tail, step)
