@@ -26,12 +26,24 @@ class LimitedInput:
             chunk = self._stream.read(size)
         except OSError as error:  # the client reset the connection mid-body (gunicorn: raw socket)
             raise ClientDisconnected(f"The request body could not be read: {error}") from None
-        self.received += len(chunk)
+        self._count(len(chunk))
+        return chunk
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        """read() into `buffer`, through the stream's own readinto when it has one."""
+        try:
+            received = _readinto(self._stream, buffer)
+        except OSError as error:
+            raise ClientDisconnected(f"The request body could not be read: {error}") from None
+        self._count(received)
+        return received
+
+    def _count(self, received: int) -> None:
+        self.received += received
         if self.received > self._limit:
             raise PayloadTooLarge(
                 f"The request body is larger than the maximum of {self._limit} bytes."
             )
-        return chunk
 
 
 class MinimumRateInput:
@@ -70,10 +82,32 @@ class MinimumRateInput:
             chunk = self._stream.read(size)
         except ClientTooSlow as error:
             raise BodyTooSlow(str(error)) from None
-        self.received += len(chunk)
-        if chunk:
+        self._count(len(chunk))
+        return chunk
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        """read() into `buffer`, through the stream's own readinto when it has one."""
+        try:
+            received = _readinto(self._stream, buffer)
+        except ClientTooSlow as error:
+            raise BodyTooSlow(str(error)) from None
+        self._count(received)
+        return received
+
+    def _count(self, received: int) -> None:
+        self.received += received
+        if received:
             try:
                 self._floor.check(self.received)
             except ClientTooSlow as error:
                 raise BodyTooSlow(str(error)) from None
-        return chunk
+
+
+def _readinto(stream: Readable, buffer: bytearray | memoryview) -> int:
+    """stream.readinto(buffer) if the stream has it (0 also for None), else a read() copied in."""
+    readinto = getattr(stream, "readinto", None)
+    if readinto is not None:
+        return int(readinto(buffer) or 0)
+    data = stream.read(len(buffer))
+    buffer[: len(data)] = data
+    return len(data)

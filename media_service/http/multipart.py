@@ -12,7 +12,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from werkzeug.exceptions import HTTPException
-from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+from werkzeug.sansio.multipart import (
+    Data,
+    Epilogue,
+    Field,
+    File,
+    MultipartDecoder,
+    NeedData,
+    State,
+)
 
 from media_service.errors import MalformedMultipart
 from media_service.storage.interfaces import CHUNK_SIZE, Readable
@@ -80,6 +88,9 @@ class MultipartStream:
         self._max_field_bytes = max_field_bytes
         self._eof = False
         self._current_part: PartReader | None = None
+        self._readinto = getattr(stream, "readinto", None)
+        self._marker = b"--" + boundary  # what the decoder looks for before it tries its regex
+        self._boundary_room = len(b"\r\n--" + boundary)
 
     def _feed(self, size: int) -> None:
         if self._eof:
@@ -103,6 +114,69 @@ class MultipartStream:
                 self._feed(min(max(want, 1), CHUNK_SIZE))
                 continue
             return event
+
+    def data_into(self, buffer: bytearray, at: int) -> object:
+        """The next step of a file part's data for buffer[at:]: the decoder's next event (to be
+        copied from), or the number of bytes received straight into buffer[at:].
+
+        Werkzeug's decoder copies every byte it is fed four times (into its buffer, a slice for
+        the search of a partial boundary, a slice of the data and bytes() of that), each into a
+        new 1 MiB allocation. In the middle of a part's data, where the decoder only wants more,
+        the body is read into the caller's buffer instead and searched there, the decoder's way
+        (see _receive_into); only what might end the part goes through the decoder itself.
+        """
+        while True:
+            with _decoder_errors():
+                event = self._decoder.next_event()
+            if not isinstance(event, NeedData):
+                return event
+            received = self._receive_into(buffer, at)
+            if received is None:
+                self._feed(min(max(len(buffer) - at, _MIN_FEED), CHUNK_SIZE))
+            elif received:
+                return received
+
+    def _receive_into(self, buffer: bytearray, at: int) -> int | None:
+        """Read the body into buffer[at:] as the decoder would take it in its DATA state.
+
+        What the decoder holds (at most a possible boundary's start) goes first, the body's next
+        bytes after it. Without its marker (CRLF--boundary's "--boundary") in there, the decoder
+        would hand on all of it but a possible partial boundary at the end, which it keeps: that
+        is done here, in place, and the count returned. With the marker, all of it goes to the
+        decoder (0: its events follow). None: not in a part's data, no room after what the decoder
+        holds, or the body ended; the decoder is fed as usual.
+        """
+        decoder = self._decoder
+        if self._readinto is None or decoder.state is not State.DATA or self._eof:
+            return None
+        held = len(decoder.buffer)
+        if len(buffer) - at <= held:
+            return None
+        view = memoryview(buffer)
+        view[at : at + held] = decoder.buffer
+        received = self._readinto(view[at + held :])  # our own errors pass through
+        if not received:
+            return None  # the body ended: _feed reads that again and tells the decoder
+        end = at + held + received
+        if buffer.find(self._marker, at, end) != -1:
+            with _decoder_errors():
+                decoder.buffer.clear()
+                decoder.receive_data(bytes(view[at:end]))
+            return 0
+        keep = self._partial_boundary_start(buffer, at, end)
+        decoder.buffer[:] = view[keep:end]
+        return keep - at
+
+    def _partial_boundary_start(self, buffer: bytearray, start: int, end: int) -> int:
+        """Where a boundary cut off by the end of buffer[start:end] could begin: the earliest of
+        its last CR and its last LF within a boundary's length of the end, else `end`. The same
+        answer as werkzeug's MultipartDecoder._last_partial_boundary_index (private, so not
+        called), found without copying the data first.
+        """
+        window = max(start, end - self._boundary_room)
+        last_lf = buffer.rfind(b"\n", window, end)
+        last_cr = buffer.rfind(b"\r", window, end)
+        return min(end if last_lf < 0 else last_lf, end if last_cr < 0 else last_cr)
 
     def parts(self) -> Iterator[FormField | FilePart]:
         """Yield fields (read whole, bounded) and file parts (to be streamed by the caller)."""
@@ -151,6 +225,7 @@ class PartReader:
         self._owner = owner
         self._pending = b""
         self._done = False
+        self._scratch: bytearray | None = None  # readinto's, for the last bytes of a buffer
 
     def read(self, size: int = -1, /) -> bytes:
         if size is None or size < 0:
@@ -179,6 +254,43 @@ class PartReader:
                 chunks.append(data)
                 have += len(data)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def readinto(self, buffer: bytearray) -> int:
+        """Fill `buffer` (to its end, or to the part's) and return the count; 0 at the end."""
+        view = memoryview(buffer)
+        filled = self._take_pending(view)
+        while filled < len(buffer) and not self._done:
+            room = len(buffer) - filled
+            if room >= _MIN_FEED:
+                step = self._owner.data_into(buffer, filled)
+            else:
+                # Near the end of `buffer`, body reads that small would be many: receive into
+                # a scratch buffer of our own, and keep what does not fit for the next read.
+                if self._scratch is None:
+                    self._scratch = bytearray(2 * _MIN_FEED)
+                step = self._owner.data_into(self._scratch, 0)
+                if isinstance(step, int):
+                    self._pending = bytes(self._scratch[:step])
+                    filled += self._take_pending(view[filled:])
+                    continue
+            if isinstance(step, int):
+                filled += step
+                continue
+            if not isinstance(step, Data):
+                raise MalformedMultipart("A file part ended unexpectedly.")
+            if not step.more_data:
+                self._done = True
+            self._pending = step.data
+            filled += self._take_pending(view[filled:])
+        return filled
+
+    def _take_pending(self, view: memoryview) -> int:
+        """Move what fits of the pending data to the front of `view`; the count."""
+        taken = min(len(self._pending), len(view))
+        if taken:
+            view[:taken] = memoryview(self._pending)[:taken]
+            self._pending = self._pending[taken:]
+        return taken
 
     def drain(self) -> None:
         while self.read(CHUNK_SIZE):
