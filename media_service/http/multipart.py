@@ -67,6 +67,13 @@ def _decoder_errors() -> Iterator[None]:
         raise MalformedMultipart(f"The multipart body is malformed: {error.description}") from None
 
 
+def _decoder_is_inspectable(decoder: MultipartDecoder) -> bool:
+    """Whether `decoder` keeps its unparsed bytes and its state where data_into looks."""
+    return isinstance(getattr(decoder, "buffer", None), bytearray) and isinstance(
+        getattr(decoder, "state", None), State
+    )
+
+
 class MultipartStream:
     """Iterate the parts of a multipart/form-data body read from `stream` with bounded memory."""
 
@@ -88,7 +95,11 @@ class MultipartStream:
         self._max_field_bytes = max_field_bytes
         self._eof = False
         self._current_part: PartReader | None = None
-        self._readinto = getattr(stream, "readinto", None)
+        # The in-place path reads the decoder's own buffer and state (werkzeug 3.x's sansio
+        # decoder); a decoder without them gets every byte through receive_data as before.
+        self._readinto = (
+            getattr(stream, "readinto", None) if _decoder_is_inspectable(self._decoder) else None
+        )
         self._marker = b"--" + boundary  # what the decoder looks for before it tries its regex
         self._boundary_room = len(b"\r\n--" + boundary)
 

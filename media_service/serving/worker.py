@@ -191,6 +191,18 @@ class SocketBody:
         return received
 
 
+def _socket_body_fits(body: Any, reader: Any, unreader: TimedSocketUnreader) -> bool:
+    """Whether `body` is gunicorn's Body over a LengthReader on this connection's unreader, with
+    the buffers SocketBody reads (gunicorn 23's layout); anything else keeps gunicorn's own."""
+    return (
+        isinstance(reader, LengthReader)
+        and reader.unreader is unreader
+        and isinstance(getattr(reader, "length", None), int)
+        and isinstance(getattr(body, "buf", None), io.BytesIO)
+        and isinstance(getattr(unreader, "buf", None), io.BytesIO)
+    )
+
+
 def _take(held: io.BytesIO, size: int) -> bytes:
     """Up to `size` bytes from the front of one of gunicorn's buffers (written to its end)."""
     if not held.seek(0, io.SEEK_END) or size <= 0:
@@ -410,7 +422,7 @@ class MediaThreadWorker(gthread.ThreadWorker):
                 environ[RATE_FLOOR_ENVIRON_KEY] = unreader.watch_rate
                 body = environ.get("wsgi.input")
                 reader = getattr(body, "reader", None)
-                if isinstance(reader, LengthReader) and reader.unreader is unreader:
+                if _socket_body_fits(body, reader, unreader):
                     environ["wsgi.input"] = SocketBody(body, reader, unreader)
             return app(environ, start_response)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -144,3 +145,35 @@ def test_readinto_matches_the_decoder_around_buffer_ends() -> None:
                 by_read = parse(FullReads(payload, step), [size], into=False)
                 by_readinto = parse(FullReadsInto(payload, step), [size], into=True)
                 assert by_readinto == by_read, (length, tail, step)
+
+
+def test_a_decoder_without_the_inspected_internals_takes_every_byte_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another werkzeug whose decoder keeps its buffer elsewhere: readinto still works, through
+    receive_data like read(), and yields the same."""
+    import media_service.http.multipart as multipart
+
+    monkeypatch.setattr(multipart, "_decoder_is_inspectable", lambda decoder: False)
+    payload = body(random.Random(3).randbytes(300_000), b"\r\n--" + BOUNDARY + b"--\r\n")
+    stream = ShortReadsInto(payload, 3)
+    calls = 0
+    real_readinto = stream.readinto
+
+    def counted(buffer: bytearray | memoryview) -> int:
+        nonlocal calls
+        calls += 1
+        return real_readinto(buffer)
+
+    stream.readinto = counted  # type: ignore[method-assign]
+    assert parse(stream, [70_000], into=True) == parse(ShortReads(payload, 3), [70_000], False)
+    assert calls == 0  # the in-place path was never taken
+
+
+def test_the_decoder_of_this_werkzeug_is_inspectable() -> None:
+    """The in-place path is what the suite above tests: it must be the one in use."""
+    from werkzeug.sansio.multipart import MultipartDecoder
+
+    from media_service.http.multipart import _decoder_is_inspectable
+
+    assert _decoder_is_inspectable(MultipartDecoder(BOUNDARY))

@@ -7,6 +7,8 @@ import hashlib
 import io
 import os
 import threading
+import time
+from typing import Any
 
 import pytest
 
@@ -61,3 +63,84 @@ def test_background_threads_end_with_the_digest_or_the_reader() -> None:
     for thread in threads:
         thread.join(timeout=5)
     assert not any(t.is_alive() for t in threads)
+
+
+class _ReadsInto:
+    """A source with readinto (a multipart file part): each read fills up to `step` bytes."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._step = step
+
+    def read(self, size: int = -1, /) -> bytes:
+        raise AssertionError("readview must use readinto")
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        chunk = self._data[self._pos : self._pos + min(len(buffer), self._step)]
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
+@pytest.mark.parametrize("step", [1024 * 1024, 300_000, 4096])
+@pytest.mark.parametrize("size", [0, 5000, 256 * 1024, 9 * 1024 * 1024 + 7])
+def test_readview_yields_and_hashes_what_read_would(size: int, step: int) -> None:
+    data = os.urandom(size)
+    reader = HashingReader(_ReadsInto(data, step), max_bytes=size)
+    copied = bytearray()
+    while chunk := reader.readview():
+        assert chunk.readonly
+        copied += chunk
+    assert bytes(copied) == data and reader.size == size
+    assert reader.md5_hex == hashlib.md5(data).hexdigest()
+    assert reader.sha256_hex == hashlib.sha256(data).hexdigest()
+    assert reader.head == data[: streams.SNIFF_BYTES]
+    assert len(reader._buffers) <= streams._VIEW_BUFFERS  # reused, not one per chunk
+
+
+def test_readview_never_refills_a_buffer_a_hash_thread_has_not_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow MD5 thread: the request thread waits for it before it reuses that chunk's
+    buffer, so the digest is of the bytes received, not of what later overwrote them. Two
+    buffers instead of six, so that the hash queue's own bound cannot be what protects them."""
+
+    class SlowHash:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def update(self, data: Any) -> None:
+            time.sleep(0.005)  # the thread holds the chunk, still unhashed
+            self.inner.update(data)
+
+        def hexdigest(self) -> str:
+            return str(self.inner.hexdigest())
+
+    real_run = streams._BackgroundHash._run
+
+    def slow_run(hash_: Any, chunks: Any, returned: Any) -> None:
+        real_run(SlowHash(hash_) if hash_.name == "md5" else hash_, chunks, returned)
+
+    monkeypatch.setattr(streams._BackgroundHash, "_run", staticmethod(slow_run))
+    monkeypatch.setattr(streams, "_VIEW_BUFFERS", 2)
+    data = os.urandom(12 * 1024 * 1024)
+    reader = HashingReader(_ReadsInto(data, 1024 * 1024), max_bytes=len(data))
+    total = 0
+    while chunk := reader.readview():
+        total += len(chunk)
+    assert total == len(data) and len(reader._buffers) == 2
+    assert reader.md5_hex == hashlib.md5(data).hexdigest()
+    assert reader.sha256_hex == hashlib.sha256(data).hexdigest()
+
+
+def test_readview_without_readinto_falls_back_to_read() -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    reader_without = HashingReader(
+        type("R", (), {"read": io.BytesIO(data).read})(), max_bytes=len(data)
+    )
+    copied = bytearray()
+    while chunk := reader_without.readview():
+        copied += chunk
+    assert bytes(copied) == data
+    assert reader_without.md5_hex == hashlib.md5(data).hexdigest()
