@@ -14,6 +14,10 @@ DEFAULT_SQLITE_SPARE_BYTES = 8 * 1024 * 1024
 DOWNLOAD_REDIRECT_MODES = ("off", "presigned", "accel")
 MAX_PRESIGNED_TTL = 7 * 24 * 3600  # the longest a SigV4 presigned URL may be valid
 MAX_TTL_SECONDS = 315_360_000  # ten years of 365 days: the longest ttl anyone may set
+# An upload to S3 streams in parts of this size (its length is not known ahead), and S3 takes at
+# most S3_MAX_PARTS parts: the largest upload an S3 store can accept is their product (48.8 GiB).
+S3_PART_BYTES = 5 * 1024 * 1024
+S3_MAX_PARTS = 10_000
 
 
 class ConfigError(ValueError):
@@ -148,6 +152,12 @@ class Settings:
             if not st.netloc:
                 raise ConfigError(
                     "MEDIA_STORAGE_URL: s3 URL needs a bucket, e.g. s3://media/prefix"
+                )
+            if self.max_upload_bytes > S3_PART_BYTES * S3_MAX_PARTS:
+                raise ConfigError(
+                    f"MEDIA_MAX_UPLOAD_BYTES: at most {S3_PART_BYTES * S3_MAX_PARTS} with an S3 "
+                    f"store (uploads stream in {S3_MAX_PARTS:,} parts of {S3_PART_BYTES} bytes "
+                    "at most)"
                 )
         else:
             raise ConfigError(

@@ -16,7 +16,7 @@ from botocore.exceptions import ReadTimeoutError
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from media_service.settings import ConfigError, Settings
+from media_service.settings import S3_MAX_PARTS, S3_PART_BYTES, ConfigError, Settings
 from media_service.storage.files import FileBlobStore
 from media_service.storage.interfaces import BackendUnavailable, BlobNotFound
 from media_service.storage.s3 import S3BlobStore, S3BlobStream
@@ -93,6 +93,53 @@ def test_put_fsyncs_the_file_then_the_directory(
     target.append(files.root / key[:2] / other)
     files.put(other, ShortReads(b"x"))
     assert synced == [("file", False), ("dir", True)]  # the shard exists: one directory fsync
+
+
+@pytest.mark.parametrize("result", [0, -1])  # the call's own failure is the fsync's to report
+def test_put_starts_the_writeback_in_steps_as_it_writes(
+    files: FileBlobStore, monkeypatch: pytest.MonkeyPatch, result: int
+) -> None:
+    import media_service.storage.files as files_module
+
+    started: list[tuple[int, int, int, bool]] = []  # offset, length, flags, written by then
+
+    def recording(fd: int, offset: int, length: int, flags: int) -> int:
+        started.append((offset, length, flags, os.fstat(fd).st_size >= offset + length))
+        return result
+
+    monkeypatch.setattr(files_module, "_SYNC_FILE_RANGE", recording)
+    data = payload(2 * files_module.WRITEBACK_STEP + 3 * MiB)
+    key = new_key()
+    files.put(key, ShortReads(data))
+    step = files_module.WRITEBACK_STEP
+    # Two steps (a step is at least WRITEBACK_STEP: it ends with the read that crossed it),
+    # one after the other from the start, of bytes already written; the rest is the fsync's.
+    assert len(started) == 2
+    assert [offset for offset, *_ in started] == [0, started[0][1]]
+    assert all(step <= length < step + 100_000 for _, length, *_ in started)
+    assert all(flags == 2 and written for *_, flags, written in started)
+    assert (files.root / key[:2] / key).read_bytes() == data
+
+
+def test_put_without_sync_file_range_still_writes_durably(
+    files: FileBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import media_service.storage.files as files_module
+
+    monkeypatch.setattr(files_module, "_SYNC_FILE_RANGE", None)  # not Linux
+    data = payload(files_module.WRITEBACK_STEP + MiB)
+    key = new_key()
+    files.put(key, ShortReads(data))
+    assert (files.root / key[:2] / key).read_bytes() == data
+
+
+def test_sync_file_range_is_found_on_linux() -> None:
+    import sys
+
+    import media_service.storage.files as files_module
+
+    if sys.platform.startswith("linux"):
+        assert files_module._SYNC_FILE_RANGE is not None
 
 
 def test_failed_fsync_is_unavailable_and_removes_the_temp_file(
@@ -274,6 +321,16 @@ def test_settings_reject_a_bad_pool_size(value: str) -> None:
         Settings.from_env(environ)
 
 
+def test_settings_bound_uploads_to_what_s3s_part_limit_allows() -> None:
+    """Uploads stream to S3 in S3_PART_BYTES parts, and S3 takes 10,000 parts at most: a larger
+    MEDIA_MAX_UPLOAD_BYTES would fail at part 10,001, after 48.8 GiB, so start-up refuses it."""
+    largest = S3_PART_BYTES * S3_MAX_PARTS
+    settings_for("s3://media", max_upload_bytes=largest).validate()
+    with pytest.raises(ConfigError, match="MEDIA_MAX_UPLOAD_BYTES: at most 52428800000"):
+        settings_for("s3://media", max_upload_bytes=largest + 1).validate()
+    settings_for("file:///srv/media", max_upload_bytes=largest + 1).validate()  # no such limit
+
+
 def test_prefix_scopes_keys_and_listing(moto: None) -> None:
     store = s3_store("s3://shared/tenant/a")
     key = new_key()
@@ -440,7 +497,7 @@ def test_failed_completion_leaves_no_upload_and_no_object(moto: None) -> None:
 def test_upload_memory_is_bounded_by_the_transfer_config(moto: None) -> None:
     store = s3_store()
     config = store._transfer
-    assert config.multipart_chunksize == 8 * MiB
+    assert config.multipart_chunksize == 5 * MiB == S3_PART_BYTES
     assert config.max_request_concurrency <= 4
     assert config.max_in_memory_upload_chunks <= 4
     assert config.preferred_transfer_client == "classic"
@@ -461,21 +518,23 @@ class Zeros:
 
 def test_upload_reads_ahead_a_bounded_amount(moto: None) -> None:
     store = s3_store()
-    source = Zeros(12 * 8 * MiB)
+    part = S3_PART_BYTES
+    source = Zeros(12 * part)
     done: list[int] = []
     ahead: list[int] = []
 
     def slow_part(**_: Any) -> None:
         time.sleep(0.02)  # a network slower than the client, the case that needs a bound
-        ahead.append(source.read_bytes - len(done) * 8 * MiB)
+        ahead.append(source.read_bytes - len(done) * part)
 
     store.client.meta.events.register("provide-client-params.s3.UploadPart", slow_part)
     store.client.meta.events.register("after-call.s3.UploadPart", lambda **_: done.append(1))
 
-    assert store.put(new_key(), source).size == 12 * 8 * MiB
+    assert store.put(new_key(), source).size == 12 * part
 
-    # 4 parts queued in memory plus the one being read: s3transfer's default would allow 11.
-    assert max(ahead) <= 6 * 8 * MiB
+    # 2 parts in memory, the one being read, and the part whose call is starting: s3transfer's
+    # default would allow 11.
+    assert max(ahead) <= 4 * part
 
 
 def test_failed_part_stops_reading_the_source(moto: None) -> None:
@@ -491,6 +550,6 @@ def test_failed_part_stops_reading_the_source(moto: None) -> None:
         store.put(new_key(), source)
 
     # Not the whole body: at most what the bounded read-ahead allowed past the failure.
-    assert source.read_bytes <= 8 * 8 * MiB
+    assert source.read_bytes <= 8 * S3_PART_BYTES
     assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
     assert list(store.list_blobs()) == []
