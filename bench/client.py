@@ -75,6 +75,19 @@ def download(port: int, path: str, headers: dict[str, str] | None = None) -> Tra
     return Transfer(received, seconds, response.status, headers_after=headers_after)
 
 
+def delete(port: int, path: str, headers: dict[str, str]) -> None:
+    """DELETE `path`; anything but a 204 is a failure."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=TIMEOUT)
+    try:
+        conn.request("DELETE", path, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status != 204:
+        raise HttpFailed(f"DELETE {path}: {response.status} {body[:300]!r}")
+
+
 def upload_file(
     port: int,
     path: str,
