@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import time
@@ -535,6 +536,38 @@ def test_upload_reads_ahead_a_bounded_amount(moto: None) -> None:
     # 2 parts in memory, the one being read, and the part whose call is starting: s3transfer's
     # default would allow 11.
     assert max(ahead) <= 4 * part
+
+
+class _ReadsInto:
+    """A file part's reader: readinto fills at most `step` bytes (a socket's short reads)."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._step = step
+
+    def read(self, size: int = -1) -> bytes:
+        raise AssertionError("the upload must go through readinto")
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        chunk = self._data[self._pos : self._pos + min(len(buffer), self._step)]
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
+@pytest.mark.parametrize("step", [MiB, 300_000])  # whole chunks; chunks that straddle parts
+def test_upload_of_lent_views_stores_every_byte_once(moto: None, step: int) -> None:
+    from media_service.service.streams import HashingReader
+
+    data = payload(3 * S3_PART_BYTES + 123_457, seed=step)
+    source = HashingReader(_ReadsInto(data, step), max_bytes=len(data))
+    store = s3_store()
+    key = new_key()
+    assert store.put(key, source).size == len(data)
+    body = store.client.get_object(Bucket=store.bucket, Key=key)["Body"].read()
+    assert body == data
+    assert source.md5_hex == hashlib.md5(data).hexdigest()
 
 
 def test_failed_part_stops_reading_the_source(moto: None) -> None:
