@@ -34,7 +34,8 @@ free_port() {
     "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start NAME APP: gunicorn with the shipped configuration, data and logs under $WORK/NAME.
+# start NAME APP: gunicorn with the shipped configuration, data and logs under $WORK/NAME; its
+# port in $WORK/NAME/port. Not run in a $(...) subshell: PIDS must reach the exit trap.
 start() {
     local name=$1 app=$2 port
     port=$(free_port)
@@ -45,15 +46,20 @@ start() {
         >"$WORK/$name/out.log" 2>"$WORK/$name/err.log") &
     PIDS+=("$!")
     for _ in $(seq 1 100); do
-        curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && { echo "$port"; return; }
+        if curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then
+            echo "$port" >"$WORK/$name/port"
+            return
+        fi
         sleep 0.1
     done
     echo "$name did not start; see $WORK/$name/err.log" >&2
     exit 1
 }
 
-service_port=$(start service app:app)
-bare_port=$(start bare bench.bare_app:app)
+start service app:app
+start bare bench.bare_app:app
+service_port=$(cat "$WORK/service/port")
+bare_port=$(cat "$WORK/bare/port")
 # Both apps' workers answer before the first run (gunicorn forks them after /healthz can answer).
 sleep 2
 
