@@ -50,6 +50,15 @@ _T = TypeVar("_T")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # what the app accepts (factory.py)
 _RECV_SIZE = 64 * 1024
+# A worker holding more than this many connections per thread pauses its accepts for
+# ACCEPT_PAUSE seconds after each one (MediaThreadWorker._share_connections).
+ACCEPT_SHARE_FACTOR = 2
+ACCEPT_PAUSE = 0.002
+# gthread's loop as of gunicorn 24 (accepting switched on and off, one select per turn).
+_CAN_PAUSE_ACCEPTS = all(
+    hasattr(gthread.ThreadWorker, name)
+    for name in ("set_accept_enabled", "wait_for_and_dispatch_events")
+)
 # Bodies up to this size are read by the event loop before the request gets a thread, as nginx
 # buffers small bodies; larger ones (uploads) are streamed by the app.
 SMALL_BODY = 64 * 1024
@@ -241,10 +250,49 @@ class MediaThreadWorker(gthread.ThreadWorker):
             + 4
         )
         self._current = threading.local()  # the unreader of the request a pool thread serves
+        # Accepting is paused until then (time.monotonic()): see _share_connections.
+        self._accept_resume_at = 0.0
+        self._crowded_at = ACCEPT_SHARE_FACTOR * threads
+
+    # --- accepting: leave a sibling worker its share of a burst of connections -----------------
+
+    def _share_connections(self) -> None:
+        """After an accept: a worker holding more connections than it has threads, twice over,
+        pauses its accepts for ACCEPT_PAUSE so that a sibling takes the next ones.
+
+        The workers race to accept from one listening socket, and a client that opens its
+        keep-alive connections at once (a load balancer's pool, wrk) could have every one of
+        them land on one worker: its threads then juggle all of them, with many times the
+        context switches per request, while its siblings idle (measured: a third of the
+        throughput, for the whole life of those connections). With one worker there is no
+        sibling, and nothing pauses.
+        """
+        if _CAN_PAUSE_ACCEPTS and self.cfg.workers > 1 and self.nr_conns > self._crowded_at:
+            self._accept_resume_at = time.monotonic() + ACCEPT_PAUSE
+            super().set_accept_enabled(False)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gthread's loop re-enables accepting whenever it is below worker_connections.
+        if enabled and time.monotonic() < self._accept_resume_at:
+            return
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        # Wake when a pause ends, so that the loop turns accepting back on then.
+        paused_for = self._accept_resume_at - time.monotonic()
+        if paused_for > 0:
+            timeout = min(timeout, paused_for)
+        super().wait_for_and_dispatch_events(timeout)
 
     # --- the event loop: collect the request head (and a small body) without a thread ---------
 
     def accept(self, listener: socket.socket) -> None:
+        try:
+            self._accept(listener)
+        finally:
+            self._share_connections()
+
+    def _accept(self, listener: socket.socket) -> None:
         if not self._simple:
             super().accept(listener)
             return
