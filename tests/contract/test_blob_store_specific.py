@@ -538,30 +538,13 @@ def test_upload_reads_ahead_a_bounded_amount(moto: None) -> None:
     assert max(ahead) <= 4 * part
 
 
-class _ReadsInto:
-    """A file part's reader: readinto fills at most `step` bytes (a socket's short reads)."""
-
-    def __init__(self, data: bytes, step: int) -> None:
-        self._data = memoryview(data)
-        self._pos = 0
-        self._step = step
-
-    def read(self, size: int = -1) -> bytes:
-        raise AssertionError("the upload must go through readinto")
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        chunk = self._data[self._pos : self._pos + min(len(buffer), self._step)]
-        buffer[: len(chunk)] = chunk
-        self._pos += len(chunk)
-        return len(chunk)
-
-
 @pytest.mark.parametrize("step", [MiB, 300_000])  # whole chunks; chunks that straddle parts
 def test_upload_of_lent_views_stores_every_byte_once(moto: None, step: int) -> None:
     from media_service.service.streams import HashingReader
+    from tests.service.test_hashing_reader import ReadsInto
 
     data = payload(3 * S3_PART_BYTES + 123_457, seed=step)
-    source = HashingReader(_ReadsInto(data, step), max_bytes=len(data))
+    source = HashingReader(ReadsInto(data, step), max_bytes=len(data))
     store = s3_store()
     key = new_key()
     assert store.put(key, source).size == len(data)

@@ -65,7 +65,7 @@ def test_background_threads_end_with_the_digest_or_the_reader() -> None:
     assert not any(t.is_alive() for t in threads)
 
 
-class _ReadsInto:
+class ReadsInto:
     """A source with readinto (a multipart file part): each read fills up to `step` bytes."""
 
     def __init__(self, data: bytes, step: int) -> None:
@@ -87,7 +87,7 @@ class _ReadsInto:
 @pytest.mark.parametrize("size", [0, 5000, 256 * 1024, 9 * 1024 * 1024 + 7])
 def test_readview_yields_and_hashes_what_read_would(size: int, step: int) -> None:
     data = os.urandom(size)
-    reader = HashingReader(_ReadsInto(data, step), max_bytes=size)
+    reader = HashingReader(ReadsInto(data, step), max_bytes=size)
     copied = bytearray()
     while chunk := reader.readview():
         assert chunk.readonly
@@ -125,7 +125,7 @@ def test_readview_never_refills_a_buffer_a_hash_thread_has_not_read(
     monkeypatch.setattr(streams._BackgroundHash, "_run", staticmethod(slow_run))
     monkeypatch.setattr(streams, "_VIEW_BUFFERS", 2)
     data = os.urandom(12 * 1024 * 1024)
-    reader = HashingReader(_ReadsInto(data, 1024 * 1024), max_bytes=len(data))
+    reader = HashingReader(ReadsInto(data, 1024 * 1024), max_bytes=len(data))
     total = 0
     while chunk := reader.readview():
         total += len(chunk)
