@@ -32,7 +32,7 @@ class LimitedInput:
     def readinto(self, buffer: bytearray | memoryview, /) -> int:
         """read() into `buffer`, through the stream's own readinto when it has one."""
         try:
-            received = _readinto(self._stream, buffer)
+            received = read_into(self._stream, buffer)
         except OSError as error:
             raise ClientDisconnected(f"The request body could not be read: {error}") from None
         self._count(received)
@@ -88,7 +88,7 @@ class MinimumRateInput:
     def readinto(self, buffer: bytearray | memoryview, /) -> int:
         """read() into `buffer`, through the stream's own readinto when it has one."""
         try:
-            received = _readinto(self._stream, buffer)
+            received = read_into(self._stream, buffer)
         except ClientTooSlow as error:
             raise BodyTooSlow(str(error)) from None
         self._count(received)
@@ -103,8 +103,11 @@ class MinimumRateInput:
                 raise BodyTooSlow(str(error)) from None
 
 
-def _readinto(stream: Readable, buffer: bytearray | memoryview) -> int:
-    """stream.readinto(buffer) if the stream has it (0 also for None), else a read() copied in."""
+def read_into(stream: Readable, buffer: bytearray | memoryview) -> int:
+    """stream.readinto(buffer) if the stream has it (0 also for None), else a read() copied in.
+
+    WSGI promises only read(); werkzeug and the upload path prefer readinto when it is there.
+    """
     readinto = getattr(stream, "readinto", None)
     if readinto is not None:
         return int(readinto(buffer) or 0)

@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode
 from flask import Response, g, request
 
 from media_service.errors import PROBLEM_JSON, PROBLEM_TYPE_BASE
+from media_service.http.body import read_into
 from media_service.observability.logging import log_fields
 from media_service.observability.metrics import http_children, metrics
 
@@ -235,17 +236,9 @@ class _BytesReadCounter:
         self.count += len(data)
         return data
 
-    def readinto(self, buffer: bytearray | memoryview) -> int | None:
-        # Werkzeug prefers readinto when the stream has it; WSGI promises only read (gunicorn's
-        # body has no readinto), so provide it either way.
-        readinto = getattr(self._stream, "readinto", None)
-        if readinto is not None:
-            n: int | None = readinto(buffer)
-        else:
-            data = self._stream.read(len(buffer))
-            n = len(data)
-            buffer[:n] = data
-        self.count += n or 0
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        n = read_into(self._stream, buffer)
+        self.count += n
         return n
 
     def readline(self, size: int = -1, /) -> bytes:

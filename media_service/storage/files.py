@@ -32,7 +32,7 @@ from media_service.storage.interfaces import (
 TEMP_DIR = ".tmp"
 
 # Written bytes are handed to the disk in steps of this size while the upload goes on (see
-# _Writeback), so that the final fsync waits for the last step only.
+# _start_writeback), so that the final fsync waits for the last step only.
 WRITEBACK_STEP = 8 * CHUNK_SIZE
 
 
