@@ -7,6 +7,7 @@ import contextlib
 import functools
 import io
 import os
+import tracemalloc  # noqa: F401 - imported early on purpose, see below
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,11 @@ from media_service.factory import create_app
 from media_service.settings import Settings
 from media_service.storage.interfaces import Account, Application, Backends
 from tests.real_backends import REAL_PAIR, open_real_pair, real_pairs
+
+# pytest's unraisable-exception hook imports tracemalloc the first time it reports an object
+# collected unclosed (a test client's temporary file, say). If that collection happens while
+# tracemalloc is itself being imported, the hook finds the module half-initialised, raises, and
+# fails whichever test was running. Imported here, it is always complete.
 
 # Property tests judge behaviour, never speed: this machine's timings are noisy, and on a cold
 # cache (a fresh clone: no .hypothesis/) Hypothesis first builds its Unicode tables, which took

@@ -19,9 +19,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from media_service.api.content import SMALL_DOWNLOAD_BYTES
 from media_service.factory import create_app
 from media_service.settings import Settings
-from media_service.storage.interfaces import Backends, BlobStore, BlobStream
+from media_service.storage.files import FileBlobStore
+from media_service.storage.interfaces import Backends, BackendUnavailable, BlobStore, BlobStream
 from tests.conftest import Credentials
 from tests.problems import assert_problem
 from tests.real_backends import REAL_PAIR, mongo_is_ferretdb
@@ -204,6 +206,64 @@ def test_a_missing_blob_does_not_count_a_download(
     stored = backends.media.get(item["id"])
     assert stored is not None
     backends.blobs.delete(stored.id)
+
+    assert_problem(client.get(f"/v3/media/{item['id']}"), 503)
+    after = backends.media.get(item["id"])
+    assert after is not None and after.times_downloaded == 0
+
+
+# --------------------------------------------------------------------------- small downloads
+
+
+class UnreadableStream:
+    """A blob stream that opens fine and fails on its first read, as a dying disk or S3 does."""
+
+    def __init__(self, inner: BlobStream) -> None:
+        self._inner = inner
+        self.closed = False
+
+    def __iter__(self) -> Any:
+        raise BackendUnavailable("blob store", "read failed")
+
+    def close(self) -> None:
+        self.closed = True
+        self._inner.close()
+
+
+def test_a_small_download_that_cannot_be_read_is_503_and_not_counted(
+    settings: Settings, backends: Backends, owner: Credentials
+) -> None:
+    """Small bodies are read before the count (api/content.py): a failed read spends none."""
+    wrapper = BeforeOpen(backends.blobs)
+    opened: list[UnreadableStream] = []
+
+    def unreadable(key: str, start: int = 0, length: int | None = None) -> BlobStream:
+        stream = UnreadableStream(backends.blobs.open(key, start, length))
+        opened.append(stream)
+        return stream
+
+    client = make_app(settings, backends, wrapper).test_client()
+    item = upload(client, owner, public="true", max_downloads_allowed="1")
+    assert item["media_size"] <= SMALL_DOWNLOAD_BYTES
+    wrapper.open = unreadable  # type: ignore[method-assign]
+
+    assert_problem(client.get(f"/v3/media/{item['id']}"), 503)
+    assert [stream.closed for stream in opened] == [True]
+    after = backends.media.get(item["id"])
+    assert after is not None and after.times_downloaded == 0
+
+
+@pytest.mark.parametrize("backends", ["sqlite-files"], indirect=True)
+def test_a_small_file_shorter_than_its_record_is_503_and_not_counted(
+    settings: Settings, backends: Backends, owner: Credentials
+) -> None:
+    """A body sent from memory carries the Content-Length of the record: never fewer bytes."""
+    client = make_app(settings, backends).test_client()
+    item = upload(client, owner, public="true")
+    store = backends.blobs
+    assert isinstance(store, FileBlobStore)
+    path = store.root / store.relative_path(item["id"])
+    path.write_bytes(CONTENT[:-1])  # one byte lost behind the service's back
 
     assert_problem(client.get(f"/v3/media/{item['id']}"), 503)
     after = backends.media.get(item["id"])

@@ -779,25 +779,26 @@ def test_three_mebibytes_round_trip_byte_exact(client: FlaskClient, owner: Crede
     item = create(client, owner, content, content_type="application/octet-stream")
     assert item["media_size"] == size
 
-    whole = client.get(url(item), headers=owner.basic)
-    assert whole.status_code == 200
-    assert whole.headers["Content-Length"] == str(size)
-    assert whole.data == content
+    with client.get(url(item), headers=owner.basic) as whole:
+        assert whole.status_code == 200
+        assert whole.headers["Content-Length"] == str(size)
+        assert whole.data == content
 
     for first, last in [
         (1024 * 1024 - 5, 2 * 1024 * 1024 + 5),  # crosses two chunk boundaries
         (12345, 12345),
         (size - 100_000, size - 1),
     ]:
-        part = client.get(url(item), headers={**owner.basic, "Range": f"bytes={first}-{last}"})
-        assert part.status_code == 206
-        assert part.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
-        assert part.headers["Content-Length"] == str(last - first + 1)
-        assert part.data == content[first : last + 1]
+        range_ = {**owner.basic, "Range": f"bytes={first}-{last}"}
+        with client.get(url(item), headers=range_) as part:
+            assert part.status_code == 206
+            assert part.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
+            assert part.headers["Content-Length"] == str(last - first + 1)
+            assert part.data == content[first : last + 1]
 
-    tail = client.get(url(item), headers={**owner.basic, "Range": "bytes=-1000"})
-    assert tail.status_code == 206
-    assert tail.data == content[-1000:]
+    with client.get(url(item), headers={**owner.basic, "Range": "bytes=-1000"}) as tail:
+        assert tail.status_code == 206
+        assert tail.data == content[-1000:]
     assert downloads(client, owner, item) == 1
 
 

@@ -1,11 +1,14 @@
-"""Parsing helpers for the observability suites: access lines and metric samples."""
+"""Helpers for the observability suites: access lines, metric samples, a gunicorn-style call."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from flask import Flask
+from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
 from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.test import EnvironBuilder
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 LogLines = Callable[[], list[dict[str, Any]]]  # the log_lines fixture
@@ -34,3 +37,18 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
     """How much one sample moved between two scrapes."""
     return value(after, name, **labels) - value(before, name, **labels)
+
+
+def gunicorn_style_get(app: Flask, path: str, headers: dict[str, str]) -> tuple[Any, list[str]]:
+    """Call the app as gunicorn does: with its wsgi.file_wrapper and SERVER_SOFTWARE."""
+    status: list[str] = []
+    environ = EnvironBuilder(
+        path=path,
+        headers=list(headers.items()),
+        environ_overrides={
+            "wsgi.file_wrapper": GunicornFileWrapper,
+            "SERVER_SOFTWARE": "gunicorn/test",
+        },
+    ).get_environ()
+    body = app(environ, lambda s, h, *exc: status.append(s))  # type: ignore[arg-type]
+    return body, status

@@ -16,15 +16,15 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
-from werkzeug.test import EnvironBuilder
 
+from media_service.api.content import SMALL_DOWNLOAD_BYTES
 from media_service.backends import describe, redact_url
 from media_service.observability import configure_logging
 from media_service.observability.access import safe_query
 from media_service.observability.logging import JsonLineFormatter, scrub
 from media_service.settings import Settings
 from tests.conftest import Credentials, Uploader
-from tests.observability.support import LogLines, access_lines
+from tests.observability.support import LogLines, access_lines, gunicorn_style_get
 
 ISO_MILLIS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 ACCESS_FIELDS = {
@@ -315,21 +315,6 @@ def test_streamed_download_logs_bytes_sent_when_closed(
     assert line["method"] == "HEAD" and line["bytes_out"] == 0
 
 
-def _gunicorn_style_get(app: Flask, path: str, headers: dict[str, str]) -> tuple[Any, list[str]]:
-    """Call the app as gunicorn does: with its wsgi.file_wrapper and SERVER_SOFTWARE."""
-    status: list[str] = []
-    environ = EnvironBuilder(
-        path=path,
-        headers=list(headers.items()),
-        environ_overrides={
-            "wsgi.file_wrapper": GunicornFileWrapper,
-            "SERVER_SOFTWARE": "gunicorn/test",
-        },
-    ).get_environ()
-    body = app(environ, lambda s, h, *exc: status.append(s))  # type: ignore[arg-type]
-    return body, status
-
-
 def _sendfile(body: Any, receive: int | None) -> int:
     """What gunicorn does with a file wrapper: socket.sendfile from the file's position.
 
@@ -364,6 +349,37 @@ def _sendfile(body: Any, receive: int | None) -> int:
 
 
 @FILES_ONLY
+def test_small_downloads_are_sent_from_memory_and_logged_at_once(
+    app: Flask, owner: Credentials, upload: Uploader, log_lines: LogLines
+) -> None:
+    """Up to SMALL_DOWNLOAD_BYTES the body is the bytes themselves, one more is sendfile'd."""
+    small = os.urandom(SMALL_DOWNLOAD_BYTES)
+    large = os.urandom(SMALL_DOWNLOAD_BYTES + 1)
+    small_id = upload(owner.basic, small).get_json()["id"]
+    large_id = upload(owner.basic, large).get_json()["id"]
+    log_lines()
+
+    for item_id, headers, expected in [
+        (small_id, {}, small),
+        (large_id, {"Range": "bytes=1-1000"}, large[1:1001]),  # a short range of a large file
+    ]:
+        body, _ = gunicorn_style_get(app, f"/v3/media/{item_id}", {**owner.basic, **headers})
+        assert not isinstance(body, GunicornFileWrapper)
+        # Nothing is left to stream: the line is written before the server sends a byte.
+        (line,) = access_lines(log_lines())
+        assert line["bytes_out"] == line["response_length"] == len(expected)
+        assert b"".join(body) == expected  # a plain list: nothing to close
+        assert access_lines(log_lines()) == []  # and only once
+
+    body, status = gunicorn_style_get(app, f"/v3/media/{large_id}", owner.basic)
+    assert status == ["200 OK"]
+    assert isinstance(body, GunicornFileWrapper)
+    assert _sendfile(body, receive=None) == len(large)
+    (line,) = access_lines(log_lines())
+    assert line["bytes_out"] == len(large)
+
+
+@FILES_ONLY
 def test_sendfile_downloads_count_what_left_and_see_a_disconnect(
     app: Flask, owner: Credentials, upload: Uploader, log_lines: LogLines
 ) -> None:
@@ -371,20 +387,20 @@ def test_sendfile_downloads_count_what_left_and_see_a_disconnect(
     item_id = upload(owner.basic, content).get_json()["id"]
     log_lines()
 
-    body, status = _gunicorn_style_get(app, f"/v3/media/{item_id}", owner.basic)
+    body, status = gunicorn_style_get(app, f"/v3/media/{item_id}", owner.basic)
     assert status == ["200 OK"]
     assert isinstance(body, GunicornFileWrapper)  # still sendfile-able
     assert _sendfile(body, receive=None) == len(content)
     (line,) = access_lines(log_lines())
     assert line["bytes_out"] == len(content)
 
-    body, _ = _gunicorn_style_get(app, f"/v3/media/{item_id}", owner.basic)
+    body, _ = gunicorn_style_get(app, f"/v3/media/{item_id}", owner.basic)
     received = _sendfile(body, receive=64 * 1024)
     (line,) = access_lines(log_lines())
     assert received <= line["bytes_out"] < len(content) == line["response_length"]
 
     # A range that stops short of the end: gunicorn stops at Content-Length.
-    body, status = _gunicorn_style_get(
+    body, status = gunicorn_style_get(
         app, f"/v3/media/{item_id}", {**owner.basic, "Range": "bytes=10-1000009"}
     )
     assert status == ["206 PARTIAL CONTENT"]
