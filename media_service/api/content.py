@@ -19,7 +19,7 @@ from media_service.http.dates import format_http_date
 from media_service.http.disposition import content_disposition
 from media_service.http.offload import Redirect, counts, offloadable, presigned_redirect
 from media_service.service.media import DownloadAccess, MediaService
-from media_service.storage.interfaces import CHUNK_SIZE, BackendUnavailable, BlobStream, MediaItem
+from media_service.storage.interfaces import CHUNK_SIZE, BlobStream, MediaItem
 
 blp = Blueprint("content", __name__, url_prefix=MEDIA_PREFIX, description="Download media content.")
 
@@ -27,7 +27,9 @@ blp = Blueprint("content", __name__, url_prefix=MEDIA_PREFIX, description="Downl
 CONTENT_SECURITY_POLICY = "sandbox; default-src 'none'"
 # nginx's internal location for MEDIA_DOWNLOAD_REDIRECT=accel (config/nginx/media.conf).
 ACCEL_LOCATION = "/_media_accel/"
-# Downloads up to this size are read before the count and sent from memory (see _read_small).
+# Downloads up to this size are read before the count and sent from memory: for a short prompt
+# that costs less than streaming it (socket.sendfile's selector, fstat and seeks; the access
+# log's counting file): a 1 KiB download took 15 % less worker CPU (docs/performance.md).
 SMALL_DOWNLOAD_BYTES = 64 * 1024
 
 
@@ -99,14 +101,21 @@ def download(item_id: str, *, principal: Principal | None) -> Any:
     elif mode == "accel" and offloadable(plan, request.headers):
         return _accel(service, access, plan, headers)
 
-    stream = service.open_content(item, plan.start, plan.length)
-    try:
-        body = _body(stream, plan, item.media_size)  # a small body is read here, before the count
-        if plan.status == 200 or plan.start == 0:
+    body: Any
+    if plan.length <= SMALL_DOWNLOAD_BYTES:
+        # A short prompt: read before the count and sent with the headers (docs/design.md).
+        body = [service.read_content(item, plan.start, plan.length)]
+        if counts(plan):
             service.count_download(access)
-    except BaseException:
-        stream.close()
-        raise
+    else:
+        stream = service.open_content(item, plan.start, plan.length)
+        try:
+            if counts(plan):
+                service.count_download(access)
+        except BaseException:
+            stream.close()
+            raise
+        body = _body(stream, plan, item.media_size)
     response = Response(
         body,
         status=plan.status,
@@ -203,14 +212,11 @@ def _content_headers(item: MediaItem, plan: DownloadPlan) -> dict[str, str]:
 
 
 def _body(stream: BlobStream, plan: DownloadPlan, size: int) -> Any:
-    """The bytes themselves for a small download; a sendfile-able file wrapper where the
-    server honours Content-Length; else chunks.
+    """A sendfile-able file wrapper where the server honours Content-Length, else chunks.
 
     With direct_passthrough the WSGI server receives this object itself and calls its close()
     when the response ends or the client goes away, which releases the backend stream.
     """
-    if plan.length <= SMALL_DOWNLOAD_BYTES:
-        return [_read_small(stream, plan.length)]
     file = getattr(stream, "file", None)
     if file is not None:
         to_eof = plan.start + plan.length == size
@@ -221,22 +227,6 @@ def _body(stream: BlobStream, plan: DownloadPlan, size: int) -> Any:
             # of it. Its close() closes the file, which is all a file blob stream holds.
             return wrap_file(request.environ, file, buffer_size=CHUNK_SIZE)
     return _StreamBody(stream)
-
-
-def _read_small(stream: BlobStream, length: int) -> bytes:
-    """All `length` bytes of `stream`, which is closed; 503 if the blob holds fewer.
-
-    For a short prompt, reading it at once and sending it with the headers costs less than what
-    streaming it costs per response (socket.sendfile's selector, fstat and seeks; the access
-    log's counting wrapper): a 1 KiB download took 15 % less worker CPU this way.
-    """
-    try:
-        data = b"".join(stream)
-    finally:
-        stream.close()
-    if len(data) != length:  # it shrank since it was stat'ed: never promise what is not there
-        raise BackendUnavailable("blob store", "the stored content is shorter than its record")
-    return data
 
 
 class _StreamBody:

@@ -255,7 +255,10 @@ def test_a_small_download_that_cannot_be_read_is_503_and_not_counted(
 
 @pytest.mark.parametrize("backends", ["sqlite-files"], indirect=True)
 def test_a_small_file_shorter_than_its_record_is_503_and_not_counted(
-    settings: Settings, backends: Backends, owner: Credentials
+    settings: Settings,
+    backends: Backends,
+    owner: Credentials,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A body sent from memory carries the Content-Length of the record: never fewer bytes."""
     client = make_app(settings, backends).test_client()
@@ -264,7 +267,10 @@ def test_a_small_file_shorter_than_its_record_is_503_and_not_counted(
     assert isinstance(store, FileBlobStore)
     path = store.root / store.relative_path(item["id"])
     path.write_bytes(CONTENT[:-1])  # one byte lost behind the service's back
+    caplog.clear()
 
-    assert_problem(client.get(f"/v3/media/{item['id']}"), 503)
+    problem = assert_problem(client.get(f"/v3/media/{item['id']}"), 503)
+    assert problem["type"].endswith(":content-unavailable")
+    assert len(errors_naming(caplog, item["id"])) == 1
     after = backends.media.get(item["id"])
     assert after is not None and after.times_downloaded == 0
