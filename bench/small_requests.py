@@ -1,15 +1,20 @@
 """Item 5: small-request throughput at 32 keep-alive connections, against a bare Flask endpoint.
 
-The service and the bare app (bench/bare_app.py) run under identical gunicorn settings: the
-same config file and environment, so the production defaults (2 gthread workers x 8 threads).
-wrk (1 thread, 32 connections, keep-alive) drives each in turn: bare, /info, download, healthz,
-and again. The service's /healthz is no target; it separates what the framework, middleware and
-logging cost from what authentication and the database add.
+The service, the bare app (bench/bare_app.py) and the stack's floor (bench/floor_app.py: the
+service's promised work on each request, written plainly with the same libraries and none of
+the service's code) run under identical gunicorn settings: the same config file and environment,
+so the production defaults (2 gthread workers x 8 threads). wrk (1 thread, 32 connections,
+keep-alive) drives each endpoint in turn, and again. The service's /healthz is no target; it
+separates what the framework, middleware and logging cost from what authentication and the
+database add. The floor's figures say how much of each gap to bare Flask the promises cost on
+this stack whoever writes them, and how much is the service's own code.
 """
 
 from __future__ import annotations
 
-from bench import commits
+import base64
+
+from bench import commits, floor_app
 from bench.client import WrkResult, upload_file, wrk
 from bench.measure import (
     Figure,
@@ -41,6 +46,7 @@ def run(ctx: RunContext) -> list[Figure]:
     with (
         Gunicorn("small-service", ctx.scratch("small-service")) as service,
         Gunicorn("bare-flask", ctx.scratch("bare-flask"), app="bench.bare_app:app") as bare,
+        Gunicorn("floor", ctx.scratch("floor"), app="bench.floor_app:app") as floor,
     ):
         auth = {"Authorization": service.create_account()}
         item_id = upload_file(service.port, "/v3/media", kib, auth).json()["id"]
@@ -49,8 +55,12 @@ def run(ctx: RunContext) -> list[Figure]:
             "GET /info": (f"{service.url}/v3/media/{item_id}/info", auth),
             "1 KiB download": (f"{service.url}/v3/media/{item_id}", auth),
             "service /healthz": (f"{service.url}/healthz", {}),
+            **floor_endpoints(floor.url),
         }
-        workers = {name: bare if name == "bare Flask" else service for name in endpoints}
+        workers = {
+            name: bare if name == "bare Flask" else floor if name in FLOOR else service
+            for name in endpoints
+        }
         results: dict[str, list[WrkResult]] = {name: [] for name in endpoints}
         # CPU of the app's workers per request answered: what each request costs the server,
         # whatever share of the machine it got while wrk ran (wrk's own CPU is not in it).
@@ -124,6 +134,7 @@ def run(ctx: RunContext) -> list[Figure]:
             "that also bounds GET /info."
         )
         _check_statuses(figures, results)
+        figures.extend(_floor_figures(inputs, samples))
         figures.append(_tail_latency(ctx, endpoints, seconds, rounds))
 
         for figure, name in zip(figures[:2], ("GET /info", "1 KiB download"), strict=True):
@@ -134,6 +145,49 @@ def run(ctx: RunContext) -> list[Figure]:
                     service.pid,
                     lambda n=name: runner(n, seconds),
                 )
+    return figures
+
+
+# The floor's endpoint for each of the service's, by the service's name.
+FLOOR = {
+    "floor /info": "GET /info",
+    "floor download": "1 KiB download",
+    "floor /healthz": "service /healthz",
+}
+
+
+def floor_endpoints(url: str) -> dict[str, tuple[str, dict[str, str]]]:
+    pair = f"{floor_app.API_KEY}:{floor_app.API_SECRET}".encode()
+    auth = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+    return {
+        "floor /info": (f"{url}/floor/info/{floor_app.ITEM_ID}", auth),
+        "floor download": (f"{url}/floor/download/{floor_app.ITEM_ID}", auth),
+        "floor /healthz": (f"{url}/healthz", {}),
+    }
+
+
+def _floor_figures(inputs: str, samples: dict[str, list[float]]) -> list[Figure]:
+    """Informational: each request's service ÷ floor, and the floor's own ratio to bare Flask."""
+    figures = []
+    bare = median(samples["bare Flask"])
+    for floor_name, name in FLOOR.items():
+        figure = ratio_figure(
+            5,
+            f"{name} vs the stack's floor, req/s",
+            inputs + "; floor: bench/floor_app.py, the same promised work without the service's "
+            "code (request id, JSON access line, Prometheus samples; Basic auth with a keyed "
+            "hash, SQLite read, counted UPDATE, file read)",
+            {name: samples[name], floor_name: samples[floor_name]},
+            name,
+            floor_name,
+            "req/s",
+            None,
+        )
+        figure.notes.append(
+            f"The floor itself reaches {median(samples[floor_name]) / bare:.2f} of bare Flask: "
+            "what the promises cost on this stack however they are written."
+        )
+        figures.append(figure)
     return figures
 
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # A side-by-side check of `make bench` item 5, taken without the bench's code (issue #12).
 #
-# It starts the service and bench/bare_app.py under the shipped gunicorn configuration with
-# plain `gunicorn`, provisions an account with the `media-service` CLI, uploads 1 KiB with curl
-# and drives each endpoint with ApacheBench (`ab`, keep-alive) instead of wrk, alternating the
-# four endpoints ROUNDS times. It prints each run and the median ratios to bare Flask.
+# It starts the service, bench/bare_app.py and the stack's floor (bench/floor_app.py: the
+# service's promised work written plainly, without its code) under the shipped gunicorn
+# configuration with plain `gunicorn`, provisions an account with the `media-service` CLI,
+# uploads 1 KiB with curl and drives each endpoint with ApacheBench (`ab`, keep-alive) instead
+# of wrk, alternating the seven endpoints ROUNDS times. It prints each run, the median ratios to
+# bare Flask, and each service endpoint's ratio to its floor.
 #
 #   scripts/side-by-side.sh            # needs .venv (make install) and ab (apt install apache2-utils)
 #   ROUNDS=5 SECONDS_PER_RUN=10 CONNECTIONS=32 scripts/side-by-side.sh
@@ -58,8 +60,10 @@ start() {
 
 start service app:app
 start bare bench.bare_app:app
+start floor bench.floor_app:app
 service_port=$(cat "$WORK/service/port")
 bare_port=$(cat "$WORK/bare/port")
+floor_port=$(cat "$WORK/floor/port")
 # Both apps' workers answer before the first run (gunicorn forks them after /healthz can answer).
 sleep 2
 
@@ -80,7 +84,15 @@ HEADER[bare]="X-Side-By-Side: 1"
 HEADER[info]=$auth
 HEADER[download]=$auth
 HEADER[healthz]="X-Side-By-Side: 1"
-NAMES=(bare info download healthz)
+floor_item=00000000-0000-4000-8000-000000000001  # bench/floor_app.py ITEM_ID
+floor_auth="Authorization: Basic $(printf 'floorkey:floor-secret-0123456789' | base64 -w0)"
+URL[floor-info]="http://127.0.0.1:$floor_port/floor/info/$floor_item"
+URL[floor-download]="http://127.0.0.1:$floor_port/floor/download/$floor_item"
+URL[floor-healthz]="http://127.0.0.1:$floor_port/healthz"
+HEADER[floor-info]=$floor_auth
+HEADER[floor-download]=$floor_auth
+HEADER[floor-healthz]="X-Side-By-Side: 1"
+NAMES=(bare info floor-info download floor-download healthz floor-healthz)
 
 # run NAME SECONDS: requests per second from one ab run (fails on any non-2xx answer).
 run() {
@@ -113,5 +125,6 @@ bare=$(median "${RESULTS[bare]}")
 echo "medians (req/s): bare Flask $bare"
 for name in info download healthz; do
     rate=$(median "${RESULTS[$name]}")
-    awk -v n="$name" -v r="$rate" -v b="$bare" 'BEGIN {printf "  %-9s %8.0f req/s  ratio %.2f\n", n, r, r / b}'
+    floor=$(median "${RESULTS[floor-$name]}")
+    awk -v n="$name" -v r="$rate" -v b="$bare" -v f="$floor" 'BEGIN {printf "  %-9s %8.0f req/s  ratio %.2f   floor %8.0f req/s  ratio %.2f   service/floor %.2f\n", n, r, r / b, f, f / b, r / f}'
 done
