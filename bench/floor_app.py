@@ -1,4 +1,4 @@
-"""The stack's floor for item 5: the service's promised per-request work, written plainly.
+"""The stack's floor for items 5 and 7: the service's promised per-request work, written plainly.
 
 bench/bare_app.py answers a constant. This app does, for each of the service's three small
 requests, the work the service promises on it, with the same libraries and none of the service's
