@@ -103,6 +103,17 @@ def _prepare(conn: sqlite3.Connection) -> None:
 app = Flask(__name__)
 
 
+def endpoints(url: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """The bench's names for this app's three requests at `url`: (URL, headers) each."""
+    pair = f"{API_KEY}:{API_SECRET}".encode()
+    auth = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+    return {
+        "floor /info": (f"{url}/floor/info/{ITEM_ID}", auth),
+        "floor download": (f"{url}/floor/download/{ITEM_ID}", auth),
+        "floor /healthz": (f"{url}/healthz", {}),
+    }
+
+
 @app.before_request
 def _start() -> None:
     g.started = time.perf_counter()

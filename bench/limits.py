@@ -18,11 +18,10 @@ same four workers, so the figure says how much of the gap to the target is the s
 
 from __future__ import annotations
 
-from bench import commits
+from bench import commits, floor_app
 from bench.client import STATUS_COUNTER_LUA, Session, WrkResult, upload_file, wrk
 from bench.measure import Figure, RunContext, Target, alternate, median, ratio_figure
 from bench.servers import Gunicorn
-from bench.small_requests import floor_endpoints
 
 WORKERS = 4
 CONNECTIONS = 200
@@ -68,7 +67,7 @@ def run(ctx: RunContext) -> list[Figure]:
                 script=script,
             )
 
-        floor_url, floor_headers = floor_endpoints(floor.url)["floor download"]
+        floor_url, floor_headers = floor_app.endpoints(floor.url)["floor download"]
         floor_other = 0
 
         def hammer_floor() -> float:

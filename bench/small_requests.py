@@ -12,8 +12,6 @@ this stack whoever writes them, and how much is the service's own code.
 
 from __future__ import annotations
 
-import base64
-
 from bench import commits, floor_app
 from bench.client import WrkResult, upload_file, wrk
 from bench.measure import (
@@ -55,7 +53,7 @@ def run(ctx: RunContext) -> list[Figure]:
             "GET /info": (f"{service.url}/v3/media/{item_id}/info", auth),
             "1 KiB download": (f"{service.url}/v3/media/{item_id}", auth),
             "service /healthz": (f"{service.url}/healthz", {}),
-            **floor_endpoints(floor.url),
+            **floor_app.endpoints(floor.url),
         }
         workers = {
             name: bare if name == "bare Flask" else floor if name in FLOOR else service
@@ -154,16 +152,6 @@ FLOOR = {
     "floor download": "1 KiB download",
     "floor /healthz": "service /healthz",
 }
-
-
-def floor_endpoints(url: str) -> dict[str, tuple[str, dict[str, str]]]:
-    pair = f"{floor_app.API_KEY}:{floor_app.API_SECRET}".encode()
-    auth = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
-    return {
-        "floor /info": (f"{url}/floor/info/{floor_app.ITEM_ID}", auth),
-        "floor download": (f"{url}/floor/download/{floor_app.ITEM_ID}", auth),
-        "floor /healthz": (f"{url}/healthz", {}),
-    }
 
 
 def _floor_figures(inputs: str, samples: dict[str, list[float]]) -> list[Figure]:

@@ -58,3 +58,9 @@ def test_healthz_answers_with_a_request_id(client) -> None:
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok"}
     assert response.headers["X-Request-Id"]
+
+
+def test_the_bench_endpoints_all_answer_200(client) -> None:
+    for name, (url, headers) in floor_app.endpoints("http://floor.test").items():
+        response = client.get(url.removeprefix("http://floor.test"), headers=headers)
+        assert response.status_code == 200, name
